@@ -1,0 +1,53 @@
+# The commands people type. `make demo` and `make test` each do all their own
+# set-up (virtualenv, local stack, migrations): on a fresh machine they are the
+# only two commands anyone needs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STACK  := $(PYTHON) compose/local/stack.py
+PYTEST_ARGS ?=
+
+.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+stack-up:
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+migrate: install stack-up
+	$(VENV)/bin/tracker migrate
+
+demo: install stack-up
+	@bash compose/local/demo.sh
+
+test: install stack-up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check tracker projections tests bench
+	$(VENV)/bin/mypy
+
+bench: install stack-up
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	-@$(STACK) down
+	rm -rf .stack $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info bench/results/latest.json

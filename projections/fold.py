@@ -1,0 +1,451 @@
+"""The frame fold: events → ``frame_metadata``, ``processing_stages`` and rollups.
+
+Everything here is pure (no I/O) and order-independent **by construction**:
+each row is a join-semilattice state, whose every field merges with an
+associative, commutative and idempotent operation —
+
+* per-state timestamps take the *earliest* occurrence (``min``);
+* values chosen among several events (error, attributes, trace id) are taken
+  from the event that wins a total order on ``(occurred_at, event_id)``, so
+  the choice never depends on arrival order;
+* the set of applied event ids is a set union, which also makes
+  ``events_applied`` exact under duplicates.
+
+Merging a batch into a stored row therefore gives the same row whatever the
+order and multiplicity of the events. Rollups are sums of per-row
+*contributions*; a batch adds ``contribution(new) - contribution(old)`` for each
+row it changed, which keeps them exact too.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+# Histogram bounds (ms), shared by frame processing time and stage duration.
+# A percentile read from these buckets is off by at most its bucket's width.
+BUCKET_BOUNDS_MS: tuple[float, ...] = (
+    5,
+    10,
+    20,
+    30,
+    50,
+    75,
+    100,
+    150,
+    200,
+    300,
+    500,
+    750,
+    1000,
+    2000,
+    5000,
+    10000,
+)
+N_BUCKETS = len(BUCKET_BOUNDS_MS) + 1  # last one is +Inf
+
+CAPTURED, QUEUED, PROCESSING, COMPLETED, FAILED, CONFLICTED = (
+    "captured",
+    "queued",
+    "processing",
+    "completed",
+    "failed",
+    "conflicted",
+)
+STATES = (CAPTURED, QUEUED, PROCESSING, COMPLETED, FAILED, CONFLICTED)
+STAGE_RUNNING, STAGE_COMPLETED, STAGE_FAILED, STAGE_CONFLICTED = (
+    "running",
+    "completed",
+    "failed",
+    "conflicted",
+)
+
+
+def bucket_index(ms: float) -> int:
+    """Index of the bucket holding ``ms`` (upper bounds inclusive, like Prometheus ``le``)."""
+    return bisect.bisect_left(BUCKET_BOUNDS_MS, ms)
+
+
+@dataclass(frozen=True)
+class ProjEvent:
+    """What the fold needs of one event, from a Kafka record or a ``frame_events`` row."""
+
+    event_id: str
+    event_type: str
+    frame_id: str
+    camera_id: str
+    frame_timestamp: datetime
+    occurred_at: datetime
+    stage: str | None = None
+    attempt: int = 1
+    duration_ms: float | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    trace_id: str | None = None
+
+    @property
+    def order_key(self) -> tuple[datetime, str]:
+        return (self.occurred_at, self.event_id)
+
+
+def _min(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a <= b else b
+
+
+def _first(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """Of two ``(occurred_at, event_id, payload...)`` tuples, the earliest (ties by id)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a[:2] <= b[:2] else b
+
+
+def _last(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a[:2] >= b[:2] else b
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    frame_id: str
+    frame_timestamp: datetime
+    camera_id: str
+    captured_at: datetime | None = None
+    queued_at: datetime | None = None
+    processing_started_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    # (occurred_at, event_id, duration_ms) of the earliest ProcessingCompleted
+    completed_ev: tuple[Any, ...] | None = None
+    # (occurred_at, event_id, duration_ms, error_type, error_message, stage) of the
+    # earliest ProcessingFailed
+    failed_ev: tuple[Any, ...] | None = None
+    # (occurred_at, event_id, attributes) of the earliest FrameCaptured
+    captured_ev: tuple[Any, ...] | None = None
+    # (occurred_at, event_id, trace_id) of the latest event carrying a trace id
+    trace_ev: tuple[Any, ...] | None = None
+    last_event_at: datetime | None = None
+    # first stage event time (a processing frame whose ProcessingStarted is late)
+    stage_seen_at: datetime | None = None
+    event_ids: frozenset[str] = frozenset()
+
+    # ---- derived (what users read) ----------------------------------------
+    @property
+    def state(self) -> str:
+        if self.completed_at is not None and self.failed_at is not None:
+            return CONFLICTED
+        if self.completed_at is not None:
+            return COMPLETED
+        if self.failed_at is not None:
+            return FAILED
+        if self.processing_started_at is not None or self.stage_seen_at is not None:
+            return PROCESSING
+        if self.queued_at is not None:
+            return QUEUED
+        return CAPTURED
+
+    @property
+    def total_processing_time_ms(self) -> float | None:
+        terminal = (
+            self.completed_ev
+            if self.state == COMPLETED
+            else (self.failed_ev if self.state == FAILED else None)
+        )
+        if terminal is None:
+            return None
+        if terminal[2] is not None:
+            return float(terminal[2])
+        start = self.processing_started_at
+        if start is None:
+            return None
+        return max(0.0, (terminal[0] - start).total_seconds() * 1000.0)
+
+    @property
+    def error_type(self) -> str | None:
+        return self.failed_ev[3] if self.failed_ev else None
+
+    @property
+    def error_message(self) -> str | None:
+        return self.failed_ev[4] if self.failed_ev else None
+
+    @property
+    def error_stage(self) -> str | None:
+        return self.failed_ev[5] if self.failed_ev else None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.captured_ev[2]) if self.captured_ev else {}
+
+    @property
+    def last_trace_id(self) -> str | None:
+        return self.trace_ev[2] if self.trace_ev else None
+
+    @property
+    def events_applied(self) -> int:
+        return len(self.event_ids)
+
+    def merge(self, other: FrameRow) -> FrameRow:
+        return replace(
+            self,
+            camera_id=min(self.camera_id, other.camera_id),
+            captured_at=_min(self.captured_at, other.captured_at),
+            queued_at=_min(self.queued_at, other.queued_at),
+            processing_started_at=_min(self.processing_started_at, other.processing_started_at),
+            completed_at=_min(self.completed_at, other.completed_at),
+            failed_at=_min(self.failed_at, other.failed_at),
+            completed_ev=_first(self.completed_ev, other.completed_ev),
+            failed_ev=_first(self.failed_ev, other.failed_ev),
+            captured_ev=_first(self.captured_ev, other.captured_ev),
+            trace_ev=_last(self.trace_ev, other.trace_ev),
+            last_event_at=max(
+                (t for t in (self.last_event_at, other.last_event_at) if t is not None), default=None
+            ),
+            stage_seen_at=_min(self.stage_seen_at, other.stage_seen_at),
+            event_ids=self.event_ids | other.event_ids,
+        )
+
+
+@dataclass(frozen=True)
+class StageRow:
+    frame_id: str
+    frame_timestamp: datetime
+    stage: str
+    attempt: int
+    camera_id: str
+    started_at: datetime | None = None
+    # (occurred_at, event_id, duration_ms, error_type, error_message) per outcome
+    completed_ev: tuple[Any, ...] | None = None
+    failed_ev: tuple[Any, ...] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.frame_id, self.stage, self.attempt)
+
+    @property
+    def status(self) -> str:
+        if self.completed_ev is not None and self.failed_ev is not None:
+            return STAGE_CONFLICTED
+        if self.completed_ev is not None:
+            return STAGE_COMPLETED
+        if self.failed_ev is not None:
+            return STAGE_FAILED
+        return STAGE_RUNNING
+
+    @property
+    def _outcome(self) -> tuple[Any, ...] | None:
+        return _first(self.completed_ev, self.failed_ev)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        o = self._outcome
+        return o[0] if o else None
+
+    @property
+    def duration_ms(self) -> float | None:
+        o = self._outcome
+        return None if o is None else o[2]
+
+    @property
+    def error_type(self) -> str | None:
+        return self.failed_ev[3] if self.failed_ev else None
+
+    @property
+    def error_message(self) -> str | None:
+        return self.failed_ev[4] if self.failed_ev else None
+
+    def merge(self, other: StageRow) -> StageRow:
+        return replace(
+            self,
+            camera_id=min(self.camera_id, other.camera_id),
+            started_at=_min(self.started_at, other.started_at),
+            completed_ev=_first(self.completed_ev, other.completed_ev),
+            failed_ev=_first(self.failed_ev, other.failed_ev),
+        )
+
+
+def frame_row_of(e: ProjEvent) -> FrameRow:
+    """The row that the single event ``e`` gives."""
+    t, eid = e.occurred_at, e.event_id
+    kw: dict[str, Any] = {}
+    et = e.event_type
+    if et == "FrameCaptured":
+        kw["captured_at"] = t
+        kw["captured_ev"] = (t, eid, tuple(sorted(e.attributes.items())))
+    elif et == "FrameQueued":
+        kw["queued_at"] = t
+    elif et == "ProcessingStarted":
+        kw["processing_started_at"] = t
+    elif et.startswith("Stage"):
+        kw["stage_seen_at"] = t
+    elif et == "ProcessingCompleted":
+        kw["completed_at"] = t
+        kw["completed_ev"] = (t, eid, e.duration_ms)
+    elif et == "ProcessingFailed":
+        kw["failed_at"] = t
+        kw["failed_ev"] = (t, eid, e.duration_ms, e.error_type, e.error_message, e.stage)
+    if e.trace_id:
+        kw["trace_ev"] = (t, eid, e.trace_id)
+    return FrameRow(
+        frame_id=e.frame_id,
+        frame_timestamp=e.frame_timestamp,
+        camera_id=e.camera_id,
+        last_event_at=t,
+        event_ids=frozenset((eid,)),
+        **kw,
+    )
+
+
+def stage_row_of(e: ProjEvent) -> StageRow | None:
+    if not e.event_type.startswith("Stage") or e.stage is None:
+        return None
+    t, eid = e.occurred_at, e.event_id
+    kw: dict[str, Any] = {}
+    if e.event_type == "StageStarted":
+        kw["started_at"] = t
+    elif e.event_type == "StageCompleted":
+        kw["completed_ev"] = (t, eid, e.duration_ms, None, None)
+    elif e.event_type == "StageFailed":
+        kw["failed_ev"] = (t, eid, e.duration_ms, e.error_type, e.error_message)
+    return StageRow(
+        frame_id=e.frame_id,
+        frame_timestamp=e.frame_timestamp,
+        stage=e.stage,
+        attempt=e.attempt,
+        camera_id=e.camera_id,
+        **kw,
+    )
+
+
+@dataclass
+class BatchFold:
+    """A batch folded in memory per frame: one row per frame and per stage run."""
+
+    frames: dict[tuple[str, datetime], FrameRow] = field(default_factory=dict)
+    stages: dict[tuple[str, datetime, str, int], StageRow] = field(default_factory=dict)
+
+    def add(self, e: ProjEvent) -> None:
+        fk = (e.frame_id, e.frame_timestamp)
+        row = frame_row_of(e)
+        cur = self.frames.get(fk)
+        self.frames[fk] = row if cur is None else cur.merge(row)
+        srow = stage_row_of(e)
+        if srow is not None:
+            sk = (e.frame_id, e.frame_timestamp, srow.stage, srow.attempt)
+            scur = self.stages.get(sk)
+            self.stages[sk] = srow if scur is None else scur.merge(srow)
+
+    def extend(self, events: Iterable[ProjEvent]) -> BatchFold:
+        for e in events:
+            self.add(e)
+        return self
+
+
+def fold(events: Iterable[ProjEvent]) -> BatchFold:
+    """Reference fold: apply events one at a time (callers pass occurrence order)."""
+    return BatchFold().extend(events)
+
+
+# ---- rollups --------------------------------------------------------------------
+
+
+def hour_of(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class Rollup:
+    """Additive counters of one rollup row (a delta, or a whole row)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    latency_count: int = 0
+    latency_sum_ms: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+
+    def add(self, other: Rollup, sign: int = 1) -> None:
+        for k, v in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + sign * v
+        self.latency_count += sign * other.latency_count
+        self.latency_sum_ms += sign * other.latency_sum_ms
+        for i, v in enumerate(other.buckets):
+            self.buckets[i] += sign * v
+
+    def is_zero(self) -> bool:
+        return (
+            not any(self.counts.values())
+            and self.latency_count == 0
+            and not any(self.buckets)
+            and abs(self.latency_sum_ms) < 1e-9
+        )
+
+
+FRAME_COUNTERS = ("frames", *STATES)
+STAGE_COUNTERS = ("runs", "completed", "failed", "conflicted", "running")
+
+
+def frame_contribution(row: FrameRow) -> tuple[tuple[str, datetime], Rollup]:
+    r = Rollup(counts={"frames": 1, row.state: 1})
+    ms = row.total_processing_time_ms
+    if ms is not None:
+        r.latency_count = 1
+        r.latency_sum_ms = ms
+        r.buckets[bucket_index(ms)] += 1
+    return (row.camera_id, hour_of(row.frame_timestamp)), r
+
+
+def stage_contribution(row: StageRow) -> tuple[tuple[str, datetime], Rollup]:
+    status = row.status
+    r = Rollup(counts={"runs": 1, status: 1})
+    ms = row.duration_ms
+    if ms is not None and status != STAGE_RUNNING:
+        r.latency_count = 1
+        r.latency_sum_ms = float(ms)
+        r.buckets[bucket_index(ms)] += 1
+    return (row.stage, hour_of(row.frame_timestamp)), r
+
+
+def rollup_deltas(pairs: Iterable[tuple[Any, Any]], contribution: Any) -> dict[tuple[str, datetime], Rollup]:
+    """Sum of ``contribution(new) - contribution(old)`` over ``(old, new)`` pairs."""
+    out: dict[tuple[str, datetime], Rollup] = {}
+    for old, new in pairs:
+        if old == new:
+            continue
+        if old is not None:
+            k, r = contribution(old)
+            out.setdefault(k, Rollup()).add(r, -1)
+        k, r = contribution(new)
+        out.setdefault(k, Rollup()).add(r, +1)
+    return {k: v for k, v in out.items() if not v.is_zero()}
+
+
+def percentile_from_buckets(buckets: list[int], q: float) -> float | None:
+    """Estimate a percentile (ms) by linear interpolation inside its bucket.
+
+    The error is bounded by the width of the bucket it falls in; in the +Inf
+    bucket the estimate is the last finite bound (a lower bound).
+    """
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            lo = 0.0 if i == 0 else BUCKET_BOUNDS_MS[i - 1]
+            if i >= len(BUCKET_BOUNDS_MS):
+                return float(BUCKET_BOUNDS_MS[-1])
+            hi = BUCKET_BOUNDS_MS[i]
+            return lo + (hi - lo) * (rank - seen) / n
+        seen += n
+    return float(BUCKET_BOUNDS_MS[-1])

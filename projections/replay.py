@@ -1,0 +1,277 @@
+"""Zero-downtime rebuild of the ``frames`` projection.
+
+1. Create the tables of a new generation (the live one keeps serving and
+   updating meanwhile).
+2. Fill it: ``source="topics"`` reads every partition from the beginning;
+   ``source="store"`` first folds ``frame_events`` (events that topic retention
+   has already dropped are still there), sets the new generation's checkpoints
+   to the highest stored offset + 1 per partition, then continues from the
+   topics. The fold is idempotent on event ids, so any overlap is harmless.
+3. When its checkpoints have caught up with the live ones, swap it in: in one
+   transaction the reader views point at the new generation and
+   ``projection_state.generation`` changes. The live worker notices on its next
+   batch and continues from the new generation's checkpoints.
+4. Drop the old generation.
+
+Interrupted rebuilds resume: the running row in ``projection_replays``, the new
+generation's tables and its checkpoints are all durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from projections.events import STORE_COLUMNS, from_kafka, from_store
+from projections.store import PROJECTION, FramesProjectionStore
+from tracker.codec import FrameEventCodec
+from tracker.config import Settings
+from tracker.db import call_db, connect_pool, retry_while_unavailable
+from tracker.errors import TrackerError
+from tracker.kafka import ensure_topics, make_consumer, topic_partitions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayProgress:
+    generation: int
+    phase: str
+    events_applied: int
+    events_per_s: float
+    lag_events: int
+    eta_s: float | None
+
+
+class ReplayError(TrackerError):
+    pass
+
+
+class ProjectionRebuild:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: str = "topics",
+        on_progress: Callable[[ReplayProgress], None] | None = None,
+        swap_lag_threshold: int = 0,
+        batch_size: int = 5000,
+    ) -> None:
+        if source not in ("topics", "store"):
+            raise ReplayError(f"unknown source {source!r} (topics or store)")
+        self.settings = settings
+        self.source = source
+        self.on_progress = on_progress
+        self.swap_lag_threshold = swap_lag_threshold
+        self.batch_size = batch_size
+        self.codec = FrameEventCodec()
+        self._stopping = asyncio.Event()
+        self._applied = 0
+        self._t0 = time.monotonic()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> int:
+        """Rebuild and swap; returns the new live generation."""
+        await ensure_topics(self.settings, self.settings.event_topics)
+        pool = await connect_pool(self.settings, min_size=1, max_size=3)
+        try:
+            store = FramesProjectionStore(pool)
+            replay_id, gen, resumed = await self._begin(pool)
+            try:
+                if self.source == "store" and not resumed:
+                    await self._from_store(pool, store, gen, replay_id)
+                done = await self._from_topics(pool, store, gen, replay_id)
+                if not done:
+                    log.info("rebuild interrupted; run `tracker replay` again to resume")
+                    return await store.live_generation()
+                old = await self._swap(pool, gen, replay_id)
+                await call_db(lambda: pool.execute("SELECT tracker_drop_frames_generation($1)", old))
+                return gen
+            except BaseException as e:
+                if not isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+                    await self._set_status(pool, replay_id, "failed", str(e)[:500])
+                raise
+        finally:
+            await pool.close()
+
+    async def _begin(self, pool: asyncpg.Pool) -> tuple[int, int, bool]:
+        async def run() -> tuple[int, int, bool]:
+            async with pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT id, generation, source FROM projection_replays "
+                    "WHERE projection = $1 AND status = 'running' FOR UPDATE",
+                    PROJECTION,
+                )
+                if row is not None:
+                    log.info("resuming rebuild %d into generation %d", row["id"], row["generation"])
+                    return row["id"], row["generation"], True
+                gen = await conn.fetchval(
+                    "SELECT greatest(coalesce(max(generation), 0), "
+                    "(SELECT generation FROM projection_state WHERE projection = $1)) + 1 "
+                    "FROM projection_replays WHERE projection = $1",
+                    PROJECTION,
+                )
+                await conn.execute("SELECT tracker_create_frames_generation($1)", gen)
+                rid = await conn.fetchval(
+                    "INSERT INTO projection_replays (projection, generation, source, status) "
+                    "VALUES ($1, $2, $3, 'running') RETURNING id",
+                    PROJECTION,
+                    gen,
+                    self.source,
+                )
+                return rid, gen, False
+
+        return await call_db(run)
+
+    async def _set_status(self, pool: asyncpg.Pool, rid: int, status: str, message: str = "") -> None:
+        try:
+            await pool.execute(
+                "UPDATE projection_replays SET status = $2, message = $3, updated_at = now() WHERE id = $1",
+                rid,
+                status,
+                message,
+            )
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+            log.warning("could not record rebuild status %s", status)
+
+    def _report(self, gen: int, phase: str, lag: int) -> ReplayProgress:
+        elapsed = max(1e-6, time.monotonic() - self._t0)
+        eps = self._applied / elapsed
+        p = ReplayProgress(gen, phase, self._applied, eps, lag, lag / eps if eps > 0 else None)
+        if self.on_progress:
+            self.on_progress(p)
+        return p
+
+    async def _progress(self, pool: asyncpg.Pool, rid: int, p: ReplayProgress) -> None:
+        await call_db(
+            lambda: pool.execute(
+                "UPDATE projection_replays SET events_applied = $2, events_per_s = $3, lag_events = $4, "
+                "eta_s = $5, message = $6, updated_at = now() WHERE id = $1",
+                rid,
+                p.events_applied,
+                p.events_per_s,
+                p.lag_events,
+                p.eta_s,
+                p.phase,
+            )
+        )
+
+    async def _from_store(self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int) -> None:
+        total = await call_db(lambda: pool.fetchval("SELECT count(*) FROM frame_events"))
+        async with pool.acquire() as conn, conn.transaction():
+            # Highest stored offset per partition, read in the same snapshot as the scan.
+            maxima = await conn.fetch(
+                'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
+            )
+            chunk: list[Any] = []
+            async for row in conn.cursor(
+                f"SELECT {STORE_COLUMNS} FROM frame_events", prefetch=self.batch_size
+            ):
+                chunk.append(from_store(row))
+                if len(chunk) >= self.batch_size:
+                    await retry_while_unavailable(lambda c=chunk: store.apply(c, generation=gen))
+                    self._applied += len(chunk)
+                    chunk = []
+                    await self._progress(pool, rid, self._report(gen, "store", total - self._applied))
+                    if self._stopping.is_set():
+                        raise ReplayError("interrupted during the store phase; it restarts on resume")
+            if chunk:
+                await retry_while_unavailable(lambda: store.apply(chunk, generation=gen))
+                self._applied += len(chunk)
+        positions = {
+            (r["topic"], r["partition"]): (None, r["o"] + 1)
+            for r in maxima
+            if r["topic"] in self.settings.event_topics
+        }
+        if positions:
+            await retry_while_unavailable(lambda: store.apply([], generation=gen, positions=positions))
+
+    async def _from_topics(
+        self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
+    ) -> bool:
+        tps = await topic_partitions(self.settings, self.settings.event_topics)
+        consumer = make_consumer(self.settings, group_id=None, max_poll_records=self.batch_size)
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            mine = await store.checkpoints(gen)
+            expected: dict[tuple[str, int], int | None] = {}
+            for tp in tps:
+                off = mine.get((tp.topic, tp.partition))
+                expected[(tp.topic, tp.partition)] = off
+                if off is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, off)
+            # The rebuild must at least reach the log end seen now, so that it
+            # never swaps in a table emptier than the live one.
+            target = await consumer.end_offsets(tps)
+            last_report = 0.0
+            while not self._stopping.is_set():
+                live_gen = await store.live_generation()
+                live = await store.checkpoints(live_gen)
+                ends = await consumer.end_offsets(tps)
+                behind_live = sum(
+                    max(0, live.get((tp.topic, tp.partition), 0) - (expected[(tp.topic, tp.partition)] or 0))
+                    for tp in tps
+                )
+                to_end = sum(max(0, ends[tp] - (expected[(tp.topic, tp.partition)] or 0)) for tp in tps)
+                reached = all((expected[(tp.topic, tp.partition)] or 0) >= target[tp] for tp in tps)
+                if reached and behind_live <= self.swap_lag_threshold:
+                    return True
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+                if not batch:
+                    continue
+                events = []
+                positions = {}
+                for tp, msgs in batch.items():
+                    key = (tp.topic, tp.partition)
+                    positions[key] = (expected[key], msgs[-1].offset + 1)
+                    for m in msgs:
+                        e = from_kafka(self.codec, m)
+                        if e is not None:
+                            events.append(e)
+                await retry_while_unavailable(
+                    lambda ev=events, pos=positions: store.apply(ev, generation=gen, positions=pos)
+                )
+                for key, (_, new) in positions.items():
+                    expected[key] = new
+                self._applied += sum(len(m) for m in batch.values())
+                now = time.monotonic()
+                if now - last_report >= 1.0:
+                    last_report = now
+                    await self._progress(pool, rid, self._report(gen, "topics", to_end))
+            return False
+        finally:
+            await consumer.stop()
+
+    async def _swap(self, pool: asyncpg.Pool, gen: int, rid: int) -> int:
+        async def run() -> int:
+            async with pool.acquire() as conn, conn.transaction():
+                # FOR UPDATE waits for the live worker's in-flight batch (it holds
+                # FOR SHARE on this row), so the swap lands between two batches.
+                old = await conn.fetchval(
+                    "SELECT generation FROM projection_state WHERE projection = $1 FOR UPDATE", PROJECTION
+                )
+                await conn.execute("SELECT tracker_point_frames_views($1)", gen)
+                await conn.execute(
+                    "UPDATE projection_replays SET status = 'swapped', lag_events = 0, eta_s = 0, "
+                    "events_applied = $2, updated_at = now(), message = $3 WHERE id = $1",
+                    rid,
+                    self._applied,
+                    f"replaced generation {old}",
+                )
+                return int(old)
+
+        old = await call_db(run)
+        self._report(gen, "swapped", 0)
+        log.info("generation %d swapped in (replaced %d)", gen, old)
+        return old

@@ -1,0 +1,114 @@
+"""Integration fixtures: the real Kafka and PostgreSQL of ``compose/local``.
+
+Each test gets its own database (created from the stack's, migrated) and its
+own topic and group prefixes, so tests neither see nor disturb each other's
+data, nor the demo's. The stack must be up (``make test`` starts it); if it is
+not, the tests fail loudly rather than skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from tracker.config import Settings
+from tracker.db import connect, migrate
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = Settings.from_env()
+
+pytestmark = pytest.mark.integration
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stack_is_up() -> None:
+    db = urlsplit(BASE.database_url.get())
+    missing = []
+    if not _reachable(BASE.kafka_bootstrap.split(",")[0]):
+        missing.append(f"Kafka at {BASE.kafka_bootstrap}")
+    if not _reachable(f"{db.hostname}:{db.port or 5432}"):
+        missing.append(f"PostgreSQL at {db.hostname}:{db.port}")
+    if missing:
+        pytest.fail(
+            f"{' and '.join(missing)} not reachable: run `make stack-up` (make test does it for you)",
+            pytrace=False,
+        )
+
+
+def stack(*args: str) -> None:
+    """Drive compose/local/stack.py (fault-injection tests bounce services)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "compose/local/stack.py"), *args], check=True, stdout=subprocess.DEVNULL
+    )
+
+
+def _db_url(name: str) -> str:
+    parts = urlsplit(BASE.database_url.get())
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest_asyncio.fixture
+async def settings() -> AsyncIterator[Settings]:
+    """Fresh database + topic namespace for one test."""
+    tag = uuid.uuid4().hex[:10]
+    dbname = f"tracker_test_{tag}"
+    admin = await asyncpg.connect(BASE.database_url.get())
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}"')
+    finally:
+        await admin.close()
+    s = Settings.from_env(
+        database_url=type(BASE.database_url)(_db_url(dbname)),
+        topic_prefix=f"t{tag}.frames",
+        group_prefix=f"t{tag}",
+        batch_timeout_ms=50,
+    )
+    conn = await connect(s)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield s
+    admin = await asyncpg.connect(BASE.database_url.get())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url.get())
+    yield conn
+    await conn.close()
+
+
+async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,367 @@
+"""``EventStoreConsumer``: consumer group ``<prefix>.event-store``.
+
+For each batch: decode and validate every record; send the bad ones to the
+dead-letter topic and wait for the acknowledgement; append the good ones to
+``frame_events`` in one transaction; only then commit the offsets. Nothing is
+acknowledged to Kafka before it is durable (in PostgreSQL or in the DLQ), and a
+redelivered batch is harmless because appends are idempotent on event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from opentelemetry.trace import Link, SpanKind
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from tracker import metrics
+from tracker.codec import FrameEventCodec
+from tracker.config import Settings
+from tracker.db import connect_pool
+from tracker.dlq import DeadLetterPublisher
+from tracker.errors import BrokerError, DatabaseUnavailable, DecodeError
+from tracker.events import from_micros
+from tracker.kafka import ensure_topics, make_consumer
+from tracker.lifecycle import TERMINAL, flag_batch
+from tracker.store import PostgresEventStore, record_to_row
+from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
+
+log = logging.getLogger(__name__)
+MAX_LINKS = 128
+
+
+@dataclass
+class ConsumerStats:
+    batches: int = 0
+    records: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    flagged: int = 0
+    db_retries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Abandoned(Exception):
+    """A batch given up uncommitted because a stop was requested mid-outage."""
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Revocation waits for the in-flight batch: it finishes (and commits) or is
+    abandoned before the partitions move, so the next owner never races a
+    half-written batch of ours."""
+
+    def __init__(self, worker: EventStoreConsumer) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.worker._batch_lock:
+            log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.worker._assigned_once.set()
+
+
+class EventStoreConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: FrameEventCodec | None = None,
+        group_id: str | None = None,
+        on_batch: Callable[[ConsumerStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec or FrameEventCodec()
+        self.group_id = group_id or settings.event_store_group
+        self.stats = ConsumerStats()
+        self._on_batch = on_batch
+        self._stopping = asyncio.Event()
+        self._batch_lock = asyncio.Lock()
+        self._assigned_once = asyncio.Event()
+        self._tracer = get_tracer("tracker.consumer")
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pool: Any = None
+        self._store: PostgresEventStore | None = None
+        self._dlq: DeadLetterPublisher | None = None
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    # ---- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        await ensure_topics(self.settings, [*self.settings.event_topics, self.settings.dlq_topic])
+        self._pool = await self._retry_db(lambda: connect_pool(self.settings, min_size=1, max_size=2))
+        self._store = PostgresEventStore(self._pool)
+        today = datetime.now(UTC).date()
+        await self._retry_db(
+            lambda: self._store.ensure_partitions(  # type: ignore[union-attr]
+                {today + timedelta(days=d) for d in range(-1, 3)}
+            )
+        )
+        self._dlq = DeadLetterPublisher(self.settings)
+        await self._dlq.start()
+        self._consumer = make_consumer(
+            self.settings,
+            group_id=self.group_id,
+            max_poll_records=self.settings.batch_max_records,
+        )
+        self._consumer.subscribe(list(self.settings.event_topics), listener=_Rebalance(self))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        """Leave the group and close everything; safe under cancellation."""
+        if self._consumer is not None:
+            await asyncio.shield(self._consumer.stop())
+            self._consumer = None
+        if self._dlq is not None:
+            await asyncio.shield(self._dlq.stop())
+            self._dlq = None
+        if self._pool is not None:
+            await asyncio.shield(self._pool.close())
+            self._pool = None
+
+    async def __aenter__(self) -> EventStoreConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # ---- main loop -----------------------------------------------------------
+    async def run(self, *, until_idle: bool = False, idle_timeout_s: float = 60.0) -> ConsumerStats:
+        """Consume until stopped (or, with ``until_idle``, until caught up)."""
+        assert self._consumer is not None, "start() first"
+        consumer = self._consumer
+        if until_idle:
+            try:
+                await asyncio.wait_for(self._assigned_once.wait(), idle_timeout_s)
+            except TimeoutError:
+                raise BrokerError("no partitions assigned within the idle timeout") from None
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(
+                timeout_ms=self.settings.batch_timeout_ms,
+                max_records=self.settings.batch_max_records,
+            )
+            if batch:
+                async with self._batch_lock:
+                    done = await self._process(batch)
+                if not done:  # stop requested while the database was down
+                    break
+                await self._update_lag()
+            elif until_idle and await self._caught_up():
+                break
+        return self.stats
+
+    async def _caught_up(self) -> bool:
+        assert self._consumer is not None
+        assignment = list(self._consumer.assignment())
+        if not assignment:
+            return False
+        ends = await self._consumer.end_offsets(assignment)
+        for tp in assignment:
+            if await self._consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+    async def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(self._consumer.position(tp), 1.0)
+            except (TimeoutError, KafkaError):
+                continue
+            metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, hw - pos))
+
+    async def _retry_db(self, fn: Callable[[], Any]) -> Any:
+        """Retry while the database is unavailable, unless a stop was requested."""
+
+        def stop_requested(_: Any) -> bool:
+            return self._stopping.is_set()
+
+        def before_sleep(state: Any) -> None:
+            self.stats.db_retries += 1
+            metrics.db_retries.labels("event-store").inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("database unavailable (%s); retrying", exc)
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(DatabaseUnavailable),
+            wait=wait_exponential(multiplier=0.2, min=0.2, max=5.0),
+            stop=stop_requested,
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await fn()
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> bool:
+        """Make one batch durable, then commit it. Returns False if abandoned."""
+        assert self._consumer is not None and self._store is not None and self._dlq is not None
+        t0 = time.perf_counter()
+        good: list[dict[str, Any]] = []
+        meta: list[tuple[Any, bytes, tuple[str, str, int] | None]] = []
+        dead: list[tuple[Any, DecodeError]] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        links: dict[str, list[Link]] = {}
+        n = 0
+        for tp, msgs in batch.items():
+            n += len(msgs)
+            offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "")
+            for msg in msgs:
+                try:
+                    decoded = self.codec.decode_record(msg.value)
+                except DecodeError as e:
+                    dead.append((msg, e))
+                    continue
+                tctx = parse_traceparent(header(msg.headers, "traceparent"))
+                good.append(decoded.record)
+                meta.append((msg, decoded.fingerprint, tctx))
+                if tctx is not None:
+                    tl = links.setdefault(msg.topic, [])
+                    if len(tl) < MAX_LINKS:
+                        tl.append(Link(remote_span_context(*tctx)))
+
+        spans = [
+            self._tracer.start_span(
+                f"process {topic}",
+                kind=SpanKind.CONSUMER,
+                links=links.get(topic, []),
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": topic,
+                    "messaging.consumer.group.name": self.group_id,
+                    "messaging.batch.message_count": sum(
+                        len(m) for tp, m in batch.items() if tp.topic == topic
+                    ),
+                },
+            )
+            for topic in sorted({tp.topic for tp in batch})
+        ]
+        try:
+            if dead:
+                await self._retry_kafka(lambda: self._dlq.send_all(dead))  # type: ignore[union-attr]
+            if good:
+                days = {from_micros(r["frame_timestamp"]).date() for r in good}
+                await self._durable(lambda: self._store.ensure_partitions(days))  # type: ignore[union-attr]
+                terminal_frames = sorted(
+                    {r["frame_id"] for r in good if r["event_type"] in TERMINAL}
+                    | {r["frame_id"] for r in good if r["event_type"].startswith("Stage")}
+                )
+                stored_terminals: dict[str, list[tuple[str, str, int]]] = {}
+                if terminal_frames:
+                    stored_terminals = await self._durable(
+                        lambda: self._store.stored_terminals(terminal_frames)  # type: ignore[union-attr]
+                    )
+                self.stats.flagged += flag_batch(good, stored_terminals)
+                rows = [
+                    record_to_row(
+                        rec,
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        fingerprint=fp,
+                        trace_id=tctx[0] if tctx else None,
+                        span_id=tctx[1] if tctx else None,
+                    )
+                    for rec, (msg, fp, tctx) in zip(good, meta, strict=True)
+                ]
+                result = await self._durable(lambda: self._store.append(rows))  # type: ignore[union-attr]
+                self._observe(result.inserted)
+                self.stats.stored += len(result.inserted)
+                self.stats.duplicates += result.duplicates
+                metrics.events_duplicate.inc(result.duplicates)
+            # Durable in PostgreSQL and the DLQ: now, and only now, acknowledge.
+            try:
+                await self._consumer.commit(offsets)
+            except CommitFailedError as e:
+                # The group rebalanced under us; the new owner re-reads these
+                # records and the idempotent append makes that harmless.
+                log.warning("offset commit failed after a rebalance (records will be redelivered): %s", e)
+        except _Abandoned:
+            return False
+        finally:
+            for span in spans:
+                span.end()
+        self.stats.batches += 1
+        self.stats.records += n
+        self.stats.dead_lettered += len(dead)
+        metrics.batch_records.labels("event-store").observe(n)
+        metrics.batch_duration.labels("event-store").observe(time.perf_counter() - t0)
+        if self._on_batch:
+            self._on_batch(self.stats)
+        return True
+
+    async def _durable(self, fn: Callable[[], Any]) -> Any:
+        """Run a database step, pausing fetching while the database is down.
+
+        Raises :class:`_Abandoned` when a stop was requested during the outage:
+        the batch is left uncommitted and will be redelivered.
+        """
+        assert self._consumer is not None
+        try:
+            return await fn()
+        except DatabaseUnavailable:
+            pass
+        paused = list(self._consumer.assignment())
+        self._consumer.pause(*paused)
+        metrics.worker_paused.labels("event-store").set(1)
+        try:
+            return await self._retry_db(fn)
+        except DatabaseUnavailable:
+            if self._stopping.is_set():
+                log.warning("stopping during a database outage; batch left uncommitted")
+                raise _Abandoned from None
+            raise
+        finally:
+            self._consumer.resume(*[tp for tp in paused if tp in self._consumer.assignment()])
+            metrics.worker_paused.labels("event-store").set(0)
+
+    async def _retry_kafka(self, fn: Callable[[], Any]) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BrokerError),
+            wait=wait_exponential(multiplier=0.2, min=0.2, max=5.0),
+            reraise=True,
+        ):
+            with attempt:
+                await fn()
+
+    def _observe(self, inserted: list[Any]) -> None:
+        for row in inserted:
+            metrics.events_stored.labels(row["event_type"]).inc()
+            et = row["event_type"]
+            if et in ("StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"):
+                stage = row["stage"] if et.startswith("Stage") else "total"
+                status = "completed" if et.endswith("Completed") else "failed"
+                camera = row["camera_id"]
+                metrics.increment_frames_processed(camera, stage or "unknown", status)
+                if status == "failed":
+                    metrics.increment_frame_errors(camera, stage or "unknown", row["error_type"] or "")
+                if row["duration_ms"] is not None:
+                    metrics.observe_processing_duration(
+                        camera,
+                        stage or "unknown",
+                        row["duration_ms"] / 1000.0,
+                        trace_id=row["trace_id"],
+                        span_id=row["span_id"],
+                    )

@@ -1,0 +1,170 @@
+"""The dead-letter topic: records that cannot be decoded or validated.
+
+A dead letter keeps the original key, value and headers byte for byte, plus
+``tracker.error.*`` headers saying what was wrong and where it came from.
+``tracker dlq replay`` re-publishes dead letters to their original topic
+(without the error headers), for after a fix such as a newly kept schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from tracker.config import Settings
+from tracker.errors import BrokerError, DecodeError
+from tracker.kafka import make_consumer, make_producer, topic_partitions
+from tracker.metrics import dlq_records
+
+log = logging.getLogger(__name__)
+
+ERROR_PREFIX = "tracker.error."
+MAX_ERROR_MESSAGE = 1024
+
+
+def dead_letter_headers(msg: Any, error: DecodeError) -> list[tuple[str, bytes]]:
+    headers = [(k, v) for k, v in (msg.headers or ()) if not k.startswith(ERROR_PREFIX)]
+    headers += [
+        ("tracker.error.class", type(error).__name__.encode()),
+        ("tracker.error.message", str(error)[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
+        ("tracker.error.topic", msg.topic.encode()),
+        ("tracker.error.partition", str(msg.partition).encode()),
+        ("tracker.error.offset", str(msg.offset).encode()),
+        ("tracker.error.stage", error.stage.encode()),
+    ]
+    return headers
+
+
+class DeadLetterPublisher:
+    """Sends dead letters and waits for their acknowledgement: the consumer
+    commits a poison record's offset only once its dead letter is durable."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
+        self.settings = settings
+        self._producer = producer or make_producer(settings, max_request_size=8 * 1024 * 1024, linger_ms=0)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_all(self, dead: Sequence[tuple[Any, DecodeError]]) -> None:
+        if not dead:
+            return
+        futures = []
+        try:
+            for msg, error in dead:
+                futures.append(
+                    await self._producer.send(
+                        self.settings.dlq_topic,
+                        key=msg.key,
+                        value=msg.value,
+                        headers=dead_letter_headers(msg, error),
+                    )
+                )
+            await asyncio.gather(*futures)
+        except KafkaError as e:
+            raise BrokerError(f"cannot write to {self.settings.dlq_topic}: {e}", retriable=True) from e
+        for msg, error in dead:
+            dlq_records.labels(msg.topic, type(error).__name__).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s: %s",
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                type(error).__name__,
+                error,
+            )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def error(self, name: str) -> str:
+        for k, v in self.headers:
+            if k == ERROR_PREFIX + name:
+                return v.decode("utf-8", "replace")
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dlq_partition": self.partition,
+            "dlq_offset": self.offset,
+            "timestamp_ms": self.timestamp_ms,
+            "error_class": self.error("class"),
+            "error_message": self.error("message"),
+            "error_stage": self.error("stage"),
+            "source": f"{self.error('topic')}[{self.error('partition')}]@{self.error('offset')}",
+            "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
+            "value_bytes": len(self.value or b""),
+            "value_hex_head": (self.value or b"")[:32].hex(),
+        }
+
+
+async def read_dead_letters(settings: Settings, *, limit: int = 1000) -> list[DeadLetter]:
+    """Read the dead-letter topic from the start (no group, nothing committed)."""
+    consumer = make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
+    out: list[DeadLetter] = []
+    try:
+        tps = await topic_partitions(settings, [settings.dlq_topic])
+        if not tps:
+            return []
+        await consumer.start()
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining and len(out) < limit:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for msgs in batch.values():
+                for m in msgs:
+                    out.append(
+                        DeadLetter(m.partition, m.offset, m.timestamp, m.key, m.value, list(m.headers or ()))
+                    )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    except KafkaError as e:
+        raise BrokerError(f"cannot read {settings.dlq_topic}: {e}", retriable=e.retriable) from e
+    finally:
+        await consumer.stop()
+    out.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset))
+    return out[:limit]
+
+
+async def replay_dead_letters(settings: Settings, letters: Sequence[DeadLetter]) -> int:
+    """Re-publish dead letters to their original topics, without the error headers."""
+    producer = make_producer(settings, max_request_size=8 * 1024 * 1024)
+    sent = 0
+    try:
+        await producer.start()
+        futures = []
+        for d in letters:
+            topic = d.error("topic")
+            if topic not in settings.event_topics:
+                log.warning(
+                    "dead letter %d@%d has no known source topic %r; skipped", d.partition, d.offset, topic
+                )
+                continue
+            headers = [(k, v) for k, v in d.headers if not k.startswith(ERROR_PREFIX)]
+            futures.append(await producer.send(topic, key=d.key, value=d.value, headers=headers))
+        await asyncio.gather(*futures)
+        sent = len(futures)
+    except KafkaError as e:
+        raise BrokerError(f"dead-letter replay failed: {e}", retriable=e.retriable) from e
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,181 @@
+"""Simulated camera and processor services, publishing through the real publisher.
+
+Frames run through the real domain objects (``Frame``, ``ProcessingStage``) on a
+virtual clock, so timings are realistic, seeded and reproducible, while the
+events themselves are published for real. In real-time mode each event is sent
+when its virtual time comes; with ``realtime=False`` as fast as Kafka takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from tracker import events as ev
+from tracker.domain import Frame, FrameError, ProcessingState
+from tracker.publisher import FramePublisher
+
+STAGES = ("detect", "analyze", "notify")
+# Median stage durations (ms) and log-normal spread: detection is the heavy one.
+STAGE_TIMING = {"detect": (45.0, 0.35), "analyze": (80.0, 0.45), "notify": (8.0, 0.6)}
+STAGE_ERRORS = {
+    "detect": ("ModelTimeout", "inference exceeded its deadline"),
+    "analyze": ("AnalysisError", "no object track could be formed"),
+    "notify": ("WebhookError", "notification endpoint answered 503"),
+}
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    cameras: int = 3
+    fps: float = 5.0
+    duration_s: float = 5.0
+    failure_rate: float = 0.05
+    retry_rate: float = 0.02  # a stage fails transiently and is retried once
+    slow_rate: float = 0.01  # a frame hits a slow path (x10 on one stage)
+    seed: int = 1
+    realtime: bool = True
+    start: datetime | None = None
+    camera_prefix: str = "cam"
+
+    @property
+    def frames(self) -> int:
+        return int(self.cameras * self.fps * self.duration_s)
+
+
+@dataclass
+class SimulationResult:
+    frames: int = 0
+    events: int = 0
+    failed_frames: int = 0
+    seconds: float = 0.0
+    event_ids: list[str] = field(default_factory=list)
+
+
+class _VirtualClock:
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.t = 0.0  # seconds since start
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> datetime:
+        return self.start + timedelta(seconds=self.t)
+
+
+def plan_frame(
+    rng: random.Random,
+    cfg: SimulationConfig,
+    camera_id: str,
+    capture_s: float,
+    start: datetime,
+    processor: str,
+) -> list[tuple[float, ev.FrameEvent]]:
+    """All events of one frame, each with its virtual time (seconds since start)."""
+    clock = _VirtualClock(start)
+    clock.t = capture_s
+    frame = Frame.capture(
+        camera_id,
+        timestamp=clock.wall(),
+        metadata={"width": "1920", "height": "1080", "codec": "h264"},
+        clock=clock.monotonic,
+        wall_clock=clock.wall,
+    )
+    cam_producer = f"camera-service/{camera_id}"
+    out: list[tuple[float, ev.FrameEvent]] = [(clock.t, ev.frame_captured(frame, cam_producer))]
+    clock.t += rng.uniform(0.0005, 0.003)
+    frame.transition_to(ProcessingState.QUEUED)
+    out.append((clock.t, ev.frame_queued(frame, cam_producer)))
+    clock.t += rng.lognormvariate(0, 0.8) * 0.010  # queue wait
+    frame.transition_to(ProcessingState.PROCESSING)
+    out.append((clock.t, ev.processing_started(frame, processor)))
+    fail_at = rng.choice(STAGES) if rng.random() < cfg.failure_rate else None
+    slow_at = rng.choice(STAGES) if rng.random() < cfg.slow_rate else None
+    for name in STAGES:
+        retried = rng.random() < cfg.retry_rate
+        attempts = 2 if retried else 1
+        for attempt in range(1, attempts + 1):
+            stage = frame.start_processing_stage(name)
+            out.append((clock.t, ev.stage_started(stage, processor)))
+            median, sigma = STAGE_TIMING[name]
+            ms = median * rng.lognormvariate(0, sigma) * (10 if slow_at == name else 1)
+            clock.t += ms / 1000.0
+            final_attempt = attempt == attempts
+            if (retried and not final_attempt) or (fail_at == name and final_attempt):
+                etype, msg = STAGE_ERRORS[name]
+                stage.fail(FrameError(etype, msg if final_attempt else msg + " (transient)"))
+                out.append((clock.t, ev.stage_finished(stage, processor)))
+                if fail_at == name and final_attempt:
+                    clock.t += 0.0005
+                    frame.mark_as_failed(FrameError(etype, msg))
+                    out.append((clock.t, ev.processing_failed(frame, processor, stage=name)))
+                    return out
+            else:
+                stage.complete()
+                out.append((clock.t, ev.stage_finished(stage, processor)))
+            clock.t += 0.0002
+    frame.mark_as_completed()
+    out.append((clock.t, ev.processing_completed(frame, processor)))
+    return out
+
+
+async def simulate(
+    publisher: FramePublisher,
+    cfg: SimulationConfig,
+    *,
+    record_ids: bool = False,
+    on_event: Callable[[ev.FrameEvent], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> SimulationResult:
+    rng = random.Random(cfg.seed)
+    start = cfg.start or datetime.now(UTC)
+    cameras = [f"{cfg.camera_prefix}-{i + 1:03d}" for i in range(cfg.cameras)]
+    processors = [f"processor/{i + 1}" for i in range(max(1, cfg.cameras // 4))]
+    result = SimulationResult()
+    t_wall0 = time.monotonic()
+    interval = 1.0 / cfg.fps
+    n_per_camera = int(cfg.fps * cfg.duration_s)
+    # Frames are planned lazily, one capture tick at a time, so memory stays
+    # bounded however long the run; the heap orders events across frames.
+    heap: list[tuple[float, int, ev.FrameEvent]] = []
+    seq = 0
+    tick = 0
+
+    def plan_tick(i: int) -> None:
+        nonlocal seq
+        for c, camera in enumerate(cameras):
+            capture = i * interval + rng.uniform(0, interval * 0.1) + c * 1e-6
+            for t, e in plan_frame(rng, cfg, camera, capture, start, processors[c % len(processors)]):
+                heapq.heappush(heap, (t, seq, e))
+                seq += 1
+            result.frames += 1
+
+    while tick < n_per_camera or heap:
+        if stop is not None and stop.is_set():
+            break
+        # Plan ahead while the next capture tick is due before the next event.
+        while tick < n_per_camera and (not heap or tick * interval <= heap[0][0]):
+            plan_tick(tick)
+            tick += 1
+        t, _, event = heapq.heappop(heap)
+        if cfg.realtime:
+            delay = t - (time.monotonic() - t_wall0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await publisher.publish(event, wait=False)
+        result.events += 1
+        if isinstance(event, ev.ProcessingFailed):
+            result.failed_frames += 1
+        if record_ids:
+            result.event_ids.append(event.event_id)
+        if on_event:
+            on_event(event)
+    await publisher.flush()
+    result.seconds = time.monotonic() - t_wall0
+    return result
