@@ -92,6 +92,12 @@ class Settings:
     # empty means the main DSN. Created by the migrations (see sql/).
     query_database_url: Secret = field(default_factory=lambda: Secret(""))
 
+    # Consumer-group membership. A stable instance id (static membership, e.g.
+    # the pod or host name) lets a restarted worker take its partitions back at
+    # once instead of waiting for the session timeout; empty = dynamic member.
+    instance_id: str = ""
+    kafka_session_timeout_ms: int = 10_000
+
     # Event-store consumer batching.
     batch_max_records: int = 5000
     batch_timeout_ms: int = 100

@@ -63,12 +63,15 @@ def make_consumer(
         "isolation_level": "read_committed",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "fetch_max_bytes": 32 * 1024 * 1024,
-        "session_timeout_ms": 30_000,
-        "heartbeat_interval_ms": 3_000,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 4),
         # Our batches can wait on a database outage with retries; allow that
         # without being evicted from the group (heartbeats keep running).
         "max_poll_interval_ms": 600_000,
     }
+    if group_id and settings.instance_id:
+        # Static membership: one id per worker *and* group.
+        kw["group_instance_id"] = f"{settings.instance_id}:{group_id}"
     kw.update(overrides)
     return AIOKafkaConsumer(*topics, **client_kwargs(settings), **kw)
 

@@ -93,3 +93,124 @@ async def read_topic(settings: Settings, topic: str) -> list:  # type: ignore[ty
     finally:
         await consumer.stop()
     return out
+
+
+async def project_until_idle(settings: Settings):  # type: ignore[no-untyped-def]
+    from projections.worker import ProjectionWorker
+
+    async with ProjectionWorker(settings) as worker:
+        return await worker.run(until_idle=True)
+
+
+async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """(actual, expected): the live generation's rows and rollups, and a fold of frame_events."""
+    import asyncpg
+
+    from projections.events import STORE_COLUMNS, from_store
+    from projections.fold import Rollup, fold, frame_contribution, stage_contribution
+    from projections.store import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
+
+    conn = await asyncpg.connect(settings.database_url.get())
+    try:
+        g = await conn.fetchval("SELECT generation FROM projection_state WHERE projection = 'frames'")
+        events = [from_store(r) for r in await conn.fetch(f"SELECT {STORE_COLUMNS} FROM frame_events")]
+        frames = [
+            frame_from_db(r)
+            for r in await conn.fetch(f"SELECT {', '.join(FRAME_COLS)} FROM frame_metadata_g{g}")
+        ]
+        stages = [
+            stage_from_db(r)
+            for r in await conn.fetch(f"SELECT {', '.join(STAGE_COLS)} FROM processing_stages_g{g}")
+        ]
+        fstats = await conn.fetch("SELECT * FROM frame_stats_hourly")
+        pstats = await conn.fetch("SELECT * FROM performance_stats")
+    finally:
+        await conn.close()
+    ref = fold(sorted(events, key=lambda e: e.order_key))
+    ref_f: dict = {}
+    for row in ref.frames.values():
+        k, r = frame_contribution(row)
+        ref_f.setdefault(k, Rollup()).add(r)
+    ref_s: dict = {}
+    for row in ref.stages.values():
+        k, r = stage_contribution(row)
+        ref_s.setdefault(k, Rollup()).add(r)
+
+    def frow(r: Rollup) -> tuple:  # type: ignore[type-arg]
+        c = r.counts
+        return (
+            c.get("frames", 0),
+            c.get("captured", 0),
+            c.get("queued", 0),
+            c.get("processing", 0),
+            c.get("completed", 0),
+            c.get("failed", 0),
+            c.get("conflicted", 0),
+            r.latency_count,
+            round(r.latency_sum_ms, 3),
+            tuple(r.buckets),
+        )
+
+    def srow(r: Rollup) -> tuple:  # type: ignore[type-arg]
+        c = r.counts
+        return (
+            c.get("runs", 0),
+            c.get("completed", 0),
+            c.get("failed", 0),
+            c.get("conflicted", 0),
+            c.get("running", 0),
+            r.latency_count,
+            round(r.latency_sum_ms, 3),
+            tuple(r.buckets),
+        )
+
+    actual = {
+        "frames": {(r.frame_id, r.frame_timestamp): r for r in frames},
+        "stages": {(r.frame_id, r.frame_timestamp, r.stage, r.attempt): r for r in stages},
+        "frame_stats": {
+            (r["camera_id"], r["hour"]): (
+                r["frames"],
+                r["captured"],
+                r["queued"],
+                r["processing"],
+                r["completed"],
+                r["failed"],
+                r["conflicted"],
+                r["processing_time_count"],
+                round(r["processing_time_sum_ms"], 3),
+                tuple(r["processing_time_buckets"]),
+            )
+            for r in fstats
+            if r["frames"]
+        },
+        "stage_stats": {
+            (r["stage"], r["hour"]): (
+                r["runs"],
+                r["completed"],
+                r["failed"],
+                r["conflicted"],
+                r["running"],
+                r["duration_count"],
+                round(r["duration_sum_ms"], 3),
+                tuple(r["duration_buckets"]),
+            )
+            for r in pstats
+            if r["runs"]
+        },
+    }
+    expected = {
+        "frames": ref.frames,
+        "stages": {k: v for k, v in ref.stages.items()},
+        "frame_stats": {k: frow(v) for k, v in ref_f.items()},
+        "stage_stats": {k: srow(v) for k, v in ref_s.items()},
+    }
+    return actual, expected
+
+
+def assert_same_projection(actual: dict, expected: dict) -> None:  # type: ignore[type-arg]
+    for part in ("frames", "stages", "frame_stats", "stage_stats"):
+        a, e = actual[part], expected[part]
+        missing, extra = set(e) - set(a), set(a) - set(e)
+        assert not missing and not extra, f"{part}: missing {list(missing)[:3]}, extra {list(extra)[:3]}"
+        diff = [k for k in e if a[k] != e[k]]
+        assert not diff, f"{part}: {len(diff)} rows differ, e.g. {diff[0]}:\n{a[diff[0]]}\n!=\n{e[diff[0]]}"
