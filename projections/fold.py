@@ -19,33 +19,17 @@ row it changed, which keeps them exact too.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-# Histogram bounds (ms), shared by frame processing time and stage duration.
-# A percentile read from these buckets is off by at most its bucket's width.
-BUCKET_BOUNDS_MS: tuple[float, ...] = (
-    5,
-    10,
-    20,
-    30,
-    50,
-    75,
-    100,
-    150,
-    200,
-    300,
-    500,
-    750,
-    1000,
-    2000,
-    5000,
-    10000,
+from tracker.buckets import (  # noqa: F401 - re-exported for the fold's users
+    BUCKET_BOUNDS_MS,
+    N_BUCKETS,
+    bucket_index,
+    percentile_from_buckets,
 )
-N_BUCKETS = len(BUCKET_BOUNDS_MS) + 1  # last one is +Inf
 
 CAPTURED, QUEUED, PROCESSING, COMPLETED, FAILED, CONFLICTED = (
     "captured",
@@ -62,11 +46,6 @@ STAGE_RUNNING, STAGE_COMPLETED, STAGE_FAILED, STAGE_CONFLICTED = (
     "failed",
     "conflicted",
 )
-
-
-def bucket_index(ms: float) -> int:
-    """Index of the bucket holding ``ms`` (upper bounds inclusive, like Prometheus ``le``)."""
-    return bisect.bisect_left(BUCKET_BOUNDS_MS, ms)
 
 
 @dataclass(frozen=True)
@@ -427,25 +406,3 @@ def rollup_deltas(pairs: Iterable[tuple[Any, Any]], contribution: Any) -> dict[t
         k, r = contribution(new)
         out.setdefault(k, Rollup()).add(r, +1)
     return {k: v for k, v in out.items() if not v.is_zero()}
-
-
-def percentile_from_buckets(buckets: list[int], q: float) -> float | None:
-    """Estimate a percentile (ms) by linear interpolation inside its bucket.
-
-    The error is bounded by the width of the bucket it falls in; in the +Inf
-    bucket the estimate is the last finite bound (a lower bound).
-    """
-    total = sum(buckets)
-    if total <= 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(buckets):
-        if n and seen + n >= rank:
-            lo = 0.0 if i == 0 else BUCKET_BOUNDS_MS[i - 1]
-            if i >= len(BUCKET_BOUNDS_MS):
-                return float(BUCKET_BOUNDS_MS[-1])
-            hi = BUCKET_BOUNDS_MS[i]
-            return lo + (hi - lo) * (rank - seen) / n
-        seen += n
-    return float(BUCKET_BOUNDS_MS[-1])

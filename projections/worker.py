@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from tracker.config import Settings
 from tracker.db import connect_pool
 from tracker.errors import BrokerError, DatabaseUnavailable
 from tracker.kafka import ensure_topics, make_consumer
+from tracker.progress import ProgressSampler
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class ProjectionWorker:
         self.generation = 0
         # (topic, partition) -> the checkpoint we believe is stored (None: no row yet)
         self._expected: dict[tuple[str, int], int | None] = {}
+        self._progress = ProgressSampler(f"projections/{uuid.uuid4().hex[:12]}")
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -238,6 +241,8 @@ class ProjectionWorker:
         metrics.batch_records.labels("projections").observe(n)
         metrics.batch_duration.labels("projections").observe(time.perf_counter() - t0)
         await self._update_lag()
+        self._progress.advance(n)
+        await self._progress.maybe_sample(self._pool)
         return True
 
     async def _resync(self, why: Exception) -> None:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from tracker.config import Settings, mask_url_password
-from tracker.errors import ConfigError, DatabaseUnavailable, TrackerError
+from tracker.errors import ConfigError, DatabaseUnavailable, NotFound, TrackerError
+from tracker.queries import InvalidQuery
 
 log = logging.getLogger("tracker.cli")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# 3: the thing asked for does not exist (distinct from a failure to look).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -68,6 +70,19 @@ def _rate(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
     return value
+
+
+def _duration(text: str) -> float:
+    """``30d`` / ``12h`` / ``90m`` → hours."""
+    units = {"d": 24.0, "h": 1.0, "m": 1 / 60}
+    try:
+        value, unit = float(text[:-1]), text[-1]
+        factor = units[unit]
+    except (ValueError, KeyError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number and a unit (d, h, m)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value * factor
 
 
 def _port(text: str) -> int:
@@ -118,6 +133,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--source", default="topics", choices=["topics", "store"])
     rp.add_argument("--json", action="store_true")
+
+    j = sub.add_parser("journey", help="the journey of one frame")
+    j.add_argument("frame_id")
+    j.add_argument("--json", action="store_true")
+
+    sl = sub.add_parser("slow", help="frames slower than a threshold")
+    sl.add_argument("--threshold-ms", type=_non_negative_float, default=1000.0)
+    sl.add_argument("--hours", type=_positive_float, default=1.0)
+    sl.add_argument("--camera", help="only this camera")
+    sl.add_argument("--limit", type=_positive_int, default=20)
+    sl.add_argument("--json", action="store_true")
+
+    f = sub.add_parser("failures", help="failure analysis")
+    f.add_argument("--hours", type=_positive_float, default=24.0)
+    f.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("stats", help="per-camera and per-stage statistics")
+    st.add_argument("--hours", type=_positive_float, default=1.0)
+    st.add_argument("--json", action="store_true")
+
+    ss = sub.add_parser("status", help="lag, checkpoints, DLQ, rebuilds")
+    ss.add_argument("--json", action="store_true")
+
+    rt = sub.add_parser("retention", help="drop whole partitions older than a cut-off")
+    rt.add_argument(
+        "--older-than",
+        type=_duration,
+        required=True,
+        metavar="AGE",
+        help="e.g. 30d or 12h (rounded down to whole UTC days)",
+    )
+    rt.add_argument("--json", action="store_true")
+
+    sv = sub.add_parser("serve", help="HTTP API, /metrics, /healthz, /readyz")
+    sv.add_argument("--host", help="bind address (default TRACKER_API_HOST, 127.0.0.1)")
+    sv.add_argument("--port", type=_port, help="default TRACKER_API_PORT, 8080")
 
     d = sub.add_parser("dlq", help="dead letters")
     dsub = d.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
@@ -310,6 +361,173 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_journey(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.queries import FrameTrackingQueries, InvalidQuery, check_frame_id
+
+    try:
+        check_frame_id(args.frame_id)
+    except InvalidQuery as e:
+        raise UsageError(str(e)) from None
+    async with await FrameTrackingQueries.connect(settings) as q:
+        j = await q.get_frame_journey(args.frame_id)
+    if args.json:
+        print(json.dumps(j))
+        return EXIT_OK
+    from tracker.render import render_journey
+
+    print(render_journey(j))
+    return EXIT_OK
+
+
+async def cmd_slow(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.queries import FrameTrackingQueries, InvalidQuery, check_camera_id
+    from tracker.render import table
+
+    async with await FrameTrackingQueries.connect(settings) as q:
+        if args.camera is not None:
+            try:
+                check_camera_id(args.camera)
+            except InvalidQuery as e:
+                raise UsageError(str(e)) from None
+            if not await q.camera_exists(args.camera):
+                raise UsageError(f"unknown camera {args.camera!r}")
+        rows = await q.find_slow_frames(
+            args.threshold_ms, args.hours, camera_id=args.camera, limit=min(args.limit, 1000)
+        )
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no frame slower than {args.threshold_ms:g} ms in the last {args.hours:g} h")
+    else:
+        print(
+            table(
+                rows,
+                [
+                    "frame_id",
+                    "camera_id",
+                    "state",
+                    "total_processing_time_ms",
+                    "slowest_stage",
+                    "slowest_stage_ms",
+                    "trace_url",
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+async def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.queries import FrameTrackingQueries
+    from tracker.render import table
+
+    async with await FrameTrackingQueries.connect(settings) as q:
+        a = await q.get_failure_analysis(args.hours)
+    if args.json:
+        print(json.dumps(a))
+        return EXIT_OK
+    print(
+        f"last {args.hours:g} h: {a['failed_frames']} of {a['frames']} frames failed "
+        f"({a['failure_rate']:.2%})"
+    )
+    if a["by_stage_error_camera"]:
+        print(
+            table(
+                a["by_stage_error_camera"],
+                ["stage", "error_type", "camera_id", "failures", "rate", "last_seen", "sample_frame_id"],
+            )
+        )
+    if a["stage_failures"]:
+        print("\nfailed stage runs (including retried ones):")
+        print(table(a["stage_failures"], ["stage", "error_type", "failures", "last_seen"]))
+    return EXIT_OK
+
+
+async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.queries import FrameTrackingQueries
+    from tracker.render import table
+
+    async with await FrameTrackingQueries.connect(settings) as q:
+        cams = await q.get_camera_stats(args.hours)
+        stages = await q.get_stage_performance(args.hours)
+    if args.json:
+        print(json.dumps({"cameras": cams, "stages": stages}))
+        return EXIT_OK
+    print(f"cameras, last {args.hours:g} h (percentiles from histogram buckets):")
+    print(
+        table(
+            cams,
+            [
+                "camera_id",
+                "frames",
+                "throughput_fps",
+                "failure_rate",
+                "processing_time_p50_ms",
+                "processing_time_p95_ms",
+                "processing_time_p99_ms",
+            ],
+        )
+    )
+    print("\nstages:")
+    print(
+        table(
+            stages,
+            [
+                "stage",
+                "runs",
+                "failed",
+                "failure_rate",
+                "duration_p50_ms",
+                "duration_p95_ms",
+                "duration_p99_ms",
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.status import collect_status, render
+
+    status = await collect_status(settings)
+    print(json.dumps(status.to_json(), default=str) if args.json else render(status))
+    return EXIT_OK
+
+
+async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from tracker.db import call_db, connect
+
+    cutoff = datetime.now(UTC) - timedelta(hours=args.older_than)
+    conn = await connect(settings)
+    try:
+        rows = await call_db(
+            lambda: conn.fetch(
+                "SELECT table_name, dropped FROM tracker_drop_partitions_older_than($1)", cutoff
+            )
+        )
+    finally:
+        await conn.close()
+    if args.json:
+        print(json.dumps({"cutoff": cutoff.isoformat(), "dropped": [dict(r) for r in rows]}))
+    else:
+        print(f"dropped {len(rows)} partition(s) older than {cutoff:%Y-%m-%d} (UTC days)")
+        for r in rows:
+            print(f"  {r['table_name']}: {r['dropped']}")
+    return EXIT_OK
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.api import serve
+    from tracker.telemetry import setup_tracing
+
+    setup_tracing("tracker-api")
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    await serve(settings, host=args.host, port=args.port, stop=stop)
+    return EXIT_OK
+
+
 async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.dlq import read_dead_letters, replay_dead_letters
 
@@ -348,6 +566,13 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = 
     "dlq": cmd_dlq,
     "project": cmd_project,
     "replay": cmd_replay,
+    "journey": cmd_journey,
+    "slow": cmd_slow,
+    "failures": cmd_failures,
+    "stats": cmd_stats,
+    "status": cmd_status,
+    "retention": cmd_retention,
+    "serve": cmd_serve,
 }
 
 
@@ -374,6 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except UsageError as e:
+        print(f"tracker: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as e:
+        print(f"tracker: {e}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except InvalidQuery as e:
         print(f"tracker: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseUnavailable as e:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from tracker.errors import BrokerError, DatabaseUnavailable, DecodeError
 from tracker.events import from_micros
 from tracker.kafka import ensure_topics, make_consumer
 from tracker.lifecycle import TERMINAL, flag_batch
+from tracker.progress import ProgressSampler
 from tracker.store import PostgresEventStore, record_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
@@ -95,6 +97,7 @@ class EventStoreConsumer:
         self._pool: Any = None
         self._store: PostgresEventStore | None = None
         self._dlq: DeadLetterPublisher | None = None
+        self._progress = ProgressSampler(f"event-store/{uuid.uuid4().hex[:12]}")
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -308,6 +311,8 @@ class EventStoreConsumer:
         self.stats.dead_lettered += len(dead)
         metrics.batch_records.labels("event-store").observe(n)
         metrics.batch_duration.labels("event-store").observe(time.perf_counter() - t0)
+        self._progress.advance(n)
+        await self._progress.maybe_sample(self._pool)
         if self._on_batch:
             self._on_batch(self.stats)
         return True

@@ -121,6 +121,7 @@ async def connect_pool(
     min_size: int = 1,
     max_size: int | None = None,
     timeout: float = 10.0,
+    **pool_options: Any,
 ) -> asyncpg.Pool:
     """Create a pool; a database that is down gives :class:`DatabaseUnavailable`."""
     kwargs: dict[str, Any] = {}
@@ -135,6 +136,7 @@ async def connect_pool(
             timeout=timeout,
             command_timeout=120,
             **kwargs,
+            **pool_options,
         )
     except _DRIVER_ERRORS as e:
         raise translate(e) from e

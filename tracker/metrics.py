@@ -87,6 +87,22 @@ projection_lag = Gauge(
     ["projection", "topic", "partition"],
     registry=REGISTRY,
 )
+dlq_size = Gauge(
+    "tracker_dlq_size_records",
+    "Records currently held by the dead-letter topic.",
+    registry=REGISTRY,
+)
+replay_running = Gauge(
+    "tracker_replay_running",
+    "1 while a projection rebuild is running.",
+    registry=REGISTRY,
+)
+worker_events_per_second = Gauge(
+    "tracker_worker_events_per_second",
+    "Events per second over the last minute, by worker kind.",
+    ["worker"],
+    registry=REGISTRY,
+)
 batch_duration = Histogram(
     "tracker_batch_duration_seconds",
     "Wall time to make one batch durable.",
