@@ -1,0 +1,173 @@
+"""The HTTP API against a real database: the OpenAPI document is checked
+against the running server, bad requests get 4xx, tokens are enforced."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import jsonschema
+import pytest_asyncio
+
+from tests.integration.helpers import consume_until_idle, project_until_idle, publish_simulation
+from tracker.api import build_app, serve
+from tracker.config import Secret, Settings
+
+SPEC = json.loads((Path(__file__).resolve().parents[2] / "tracker/openapi.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _resolve(node: Any) -> Any:
+    """Inline ``#/components/schemas/...`` references."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _resolve(copy.deepcopy(SPEC["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]))
+        return {k: _resolve(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v) for v in node]
+    return node
+
+
+def check_against_spec(path: str, status: int, body: Any) -> None:
+    responses = SPEC["paths"][path]["get"]["responses"]
+    assert str(status) in responses, f"{path}: undocumented status {status}"
+    schema = responses[str(status)]["content"]
+    media = next(iter(schema.values()))["schema"]
+    jsonschema.validate(body, _resolve(media), cls=jsonschema.Draft202012Validator)
+
+
+class Server:
+    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.session = session
+
+    async def get(self, path: str, token: str | None = None, **params: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.get(self.base + path, params=params, headers=headers) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text)
+            except json.JSONDecodeError:
+                return r.status, text
+
+
+@pytest_asyncio.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    await publish_simulation(settings, cameras=2, fps=20, duration_s=3, seed=71, failure_rate=0.2)
+    await consume_until_idle(settings)
+    await project_until_idle(settings)
+    port = _free_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, port=port, ready=ready, stop=stop))
+    await asyncio.wait_for(ready.wait(), 10)
+    async with aiohttp.ClientSession() as session:
+        yield Server(f"http://127.0.0.1:{port}", session)
+    stop.set()
+    await task
+
+
+async def test_every_documented_endpoint_answers_as_documented(server: Server, db) -> None:  # type: ignore[no-untyped-def]
+    failed = await db.fetchval("SELECT frame_id FROM frame_metadata WHERE state = 'failed' LIMIT 1")
+    calls = {
+        "/healthz": ("/healthz", {}),
+        "/readyz": ("/readyz", {}),
+        "/metrics": ("/metrics", {}),
+        "/openapi.json": ("/openapi.json", {}),
+        "/api/v1/frames/{frame_id}": (f"/api/v1/frames/{quote(failed, safe='')}", {}),
+        "/api/v1/slow-frames": ("/api/v1/slow-frames", {"threshold_ms": "100", "hours": "1"}),
+        "/api/v1/failures": ("/api/v1/failures", {"hours": "24"}),
+        "/api/v1/stats/cameras": ("/api/v1/stats/cameras", {"hours": "1"}),
+        "/api/v1/stats/stages": ("/api/v1/stats/stages", {}),
+    }
+    assert set(calls) == set(SPEC["paths"]), "every documented path is exercised"
+    for spec_path, (url, params) in calls.items():
+        status, body = await server.get(url, **params)
+        assert status == 200, (url, status, body)
+        if spec_path == "/metrics":
+            assert "frame_processing_duration_seconds_bucket" in body and body.rstrip().endswith("# EOF")
+            continue
+        check_against_spec(spec_path, status, body)
+    status, body = await server.get(f"/api/v1/frames/{quote(failed, safe='')}")
+    assert body["state"] == "failed" and body["error"]["type"]
+    assert body["trace"]["url"].endswith(body["trace"]["trace_id"])
+    status, body = await server.get("/api/v1/slow-frames", threshold_ms="0", limit="3")
+    assert len(body["frames"]) == 3
+
+
+async def test_every_route_is_documented(settings: Settings) -> None:
+    app = build_app(settings, queries=None)  # type: ignore[arg-type]
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}  # type: ignore[union-attr]
+    assert routes == set(SPEC["paths"])
+
+
+async def test_bad_requests_get_4xx_and_leave_the_database_alone(server: Server, db) -> None:  # type: ignore[no-untyped-def]
+    before = await db.fetchval("SELECT count(*) FROM frame_events")
+    cases = [
+        ("/api/v1/frames/" + quote("no-such-frame"), {}, 404),
+        ("/api/v1/frames/" + quote("x' OR '1'='1", safe=""), {}, 404),
+        ("/api/v1/frames/" + quote("'; DROP TABLE frame_events; --", safe=""), {}, 404),
+        ("/api/v1/frames/" + quote("bad\nid", safe=""), {}, 400),
+        ("/api/v1/frames/" + "x" * 300, {}, 400),
+        ("/api/v1/slow-frames", {"hours": "-1"}, 400),
+        ("/api/v1/slow-frames", {"hours": "0"}, 400),
+        ("/api/v1/slow-frames", {"hours": "1; DROP TABLE frame_events"}, 400),
+        ("/api/v1/slow-frames", {"hours": "nan"}, 400),
+        ("/api/v1/slow-frames", {"limit": "100000"}, 400),
+        ("/api/v1/slow-frames", {"limit": "-3"}, 400),
+        ("/api/v1/slow-frames", {"limit": "1e9"}, 400),
+        ("/api/v1/slow-frames", {"threshold_ms": "-1"}, 400),
+        ("/api/v1/slow-frames", {"camera_id": "c" * 500}, 400),
+        ("/api/v1/failures", {"hours": "1e12"}, 400),
+        ("/api/v1/stats/cameras", {"hours": "inf"}, 400),
+        ("/api/v1/stats/stages", {"hours": ""}, 400),
+        ("/api/v1/nothing-here", {}, 404),
+    ]
+    for url, params, want in cases:
+        status, body = await server.get(url, **params)
+        assert status == want, (url, params, status, body)
+        assert isinstance(body, dict) and body["error"] and "Traceback" not in body["error"]
+        if url.split("?")[0] in SPEC["paths"] or url.startswith("/api/v1/frames/"):
+            spec_path = "/api/v1/frames/{frame_id}" if url.startswith("/api/v1/frames/") else url
+            check_against_spec(spec_path, status, body)
+    assert await db.fetchval("SELECT count(*) FROM frame_events") == before
+
+
+async def test_bearer_token_guards_everything_but_healthz(settings: Settings) -> None:
+    secured = Settings.from_env(
+        database_url=settings.database_url,
+        topic_prefix=settings.topic_prefix,
+        group_prefix=settings.group_prefix,
+        api_token=Secret("s3cret-token"),
+    )
+    port = _free_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(secured, port=port, ready=ready, stop=stop))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with aiohttp.ClientSession() as session:
+            s = Server(f"http://127.0.0.1:{port}", session)
+            assert (await s.get("/healthz"))[0] == 200
+            for path in ("/readyz", "/metrics", "/openapi.json", "/api/v1/failures", "/api/v1/frames/x"):
+                assert (await s.get(path))[0] == 401, path
+                assert (await s.get(path, token="wrong"))[0] == 401, path
+            assert (await s.get("/api/v1/failures", token="s3cret-token"))[0] == 200
+            status, body = await s.get("/readyz", token="s3cret-token")
+            assert status == 200 and body == {
+                "ready": True,
+                "checks": {"postgresql": {"ok": True}, "kafka": {"ok": True}},
+            }
+    finally:
+        stop.set()
+        await task
