@@ -150,6 +150,7 @@ class ProjectionWorker:
     async def run(self, *, until_idle: bool = False, idle_timeout_s: float = 60.0) -> ProjectionStats:
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
+        await self._progress.maybe_sample(self._pool, force=True)  # position 0: rates start here
         if until_idle:
             try:
                 await asyncio.wait_for(self._assigned_once.wait(), idle_timeout_s)
@@ -166,6 +167,7 @@ class ProjectionWorker:
                         break
             elif until_idle and await self._caught_up():
                 break
+        await self._progress.maybe_sample(self._pool, force=True)
         return self.stats
 
     async def _caught_up(self) -> bool:

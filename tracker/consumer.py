@@ -152,6 +152,7 @@ class EventStoreConsumer:
         """Consume until stopped (or, with ``until_idle``, until caught up)."""
         assert self._consumer is not None, "start() first"
         consumer = self._consumer
+        await self._progress.maybe_sample(self._pool, force=True)  # position 0: rates start here
         if until_idle:
             try:
                 await asyncio.wait_for(self._assigned_once.wait(), idle_timeout_s)
@@ -170,6 +171,7 @@ class EventStoreConsumer:
                 await self._update_lag()
             elif until_idle and await self._caught_up():
                 break
+        await self._progress.maybe_sample(self._pool, force=True)
         return self.stats
 
     async def _caught_up(self) -> bool:

@@ -32,9 +32,9 @@ class ProgressSampler:
     def advance(self, n: int) -> None:
         self.position += n
 
-    async def maybe_sample(self, pool: asyncpg.Pool) -> None:
+    async def maybe_sample(self, pool: asyncpg.Pool | None, *, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last < self.every_s:
+        if pool is None or (not force and now - self._last < self.every_s):
             return
         self._last = now
         try:

@@ -95,6 +95,7 @@ def plan_frame(
     clock.t += rng.lognormvariate(0, 0.8) * 0.010  # queue wait
     frame.transition_to(ProcessingState.PROCESSING)
     out.append((clock.t, ev.processing_started(frame, processor)))
+    clock.t += 0.00005  # the first stage starts just after processing does
     fail_at = rng.choice(STAGES) if rng.random() < cfg.failure_rate else None
     slow_at = rng.choice(STAGES) if rng.random() < cfg.slow_rate else None
     for name in STAGES:

@@ -20,21 +20,30 @@ from tracker.db import call_db, connect
 from tracker.errors import BrokerError
 from tracker.kafka import make_consumer, topic_partitions
 
+# Events per second over the last minute: for each worker (process) the
+# position gained since the last sample at or before one minute ago (or since
+# its first sample, if it started within the minute), summed per kind of worker
+# and divided by 60 s.
 _RATES = """
-WITH recent AS (
-    SELECT worker, sampled_at, position,
-           first_value(sampled_at) OVER w AS first_at, first_value(position) OVER w AS first_pos,
-           row_number() OVER (PARTITION BY worker ORDER BY sampled_at DESC) AS rn
-    FROM tracker_progress_samples
-    WHERE sampled_at >= now() - interval '70 seconds'
-    WINDOW w AS (PARTITION BY worker ORDER BY sampled_at)
+WITH s AS (
+    SELECT worker, sampled_at, position FROM tracker_progress_samples
+    WHERE sampled_at >= now() - interval '10 minutes'
+),
+ends AS (
+    SELECT DISTINCT ON (worker) worker, position AS end_pos FROM s
+    WHERE sampled_at >= now() - interval '60 seconds'
+    ORDER BY worker, sampled_at DESC
+),
+starts AS (
+    SELECT DISTINCT ON (worker) worker, position AS start_pos FROM s
+    -- the latest sample before the minute, else the earliest one within it
+    ORDER BY worker, (sampled_at <= now() - interval '60 seconds') DESC,
+             CASE WHEN sampled_at <= now() - interval '60 seconds'
+                  THEN extract(epoch FROM sampled_at) ELSE -extract(epoch FROM sampled_at) END DESC
 )
-SELECT split_part(worker, '/', 1) AS kind,
-       sum(CASE WHEN sampled_at > first_at
-                THEN (position - first_pos) / extract(epoch FROM sampled_at - first_at) ELSE 0 END)
-           AS events_per_s,
-       max(sampled_at) AS last_sample
-FROM recent WHERE rn = 1 AND sampled_at >= now() - interval '30 seconds'
+SELECT split_part(e.worker, '/', 1) AS kind,
+       sum(greatest(0, e.end_pos - coalesce(st.start_pos, 0))) / 60.0 AS events_per_s
+FROM ends e LEFT JOIN starts st USING (worker)
 GROUP BY 1
 """
 
@@ -126,14 +135,20 @@ async def collect_status(settings: Settings) -> Status:
                 gen,
             )
             rates = await conn.fetch(_RATES)
+            last = dict(
+                await conn.fetch(
+                    "SELECT split_part(worker, '/', 1), max(sampled_at) "
+                    "FROM tracker_progress_samples GROUP BY 1"
+                )
+            )
             replay = await conn.fetchrow(
                 "SELECT id, generation, source, status, started_at, updated_at, events_applied, "
                 "events_per_s, lag_events, eta_s, message FROM projection_replays "
                 "WHERE projection = 'frames' ORDER BY id DESC LIMIT 1"
             )
-            return gen, cps, rates, replay
+            return gen, cps, rates, replay, last
 
-        gen, cps, rates, replay = await call_db(db)
+        gen, cps, rates, replay, last = await call_db(db)
     finally:
         await conn.close()
 
@@ -154,6 +169,7 @@ async def collect_status(settings: Settings) -> Status:
             )
         )
     proj.last_checkpoint = max((r["updated_at"] for r in cps), default=None)
+    store.last_checkpoint = last.get("event-store")
     for r in rates:
         if r["kind"] == "event-store":
             store.events_per_s = float(r["events_per_s"] or 0)
@@ -189,7 +205,7 @@ def render(status: Status) -> str:
         age = f"{(now - g.last_checkpoint).total_seconds():.0f}s ago" if g.last_checkpoint else "-"
         lines.append(
             f"{g.name}: lag {g.lag} records, {g.events_per_s:,.0f} events/s (last minute), "
-            f"last checkpoint {age}"
+            f"last progress {age}"
         )
         lines.append(f"  {'TOPIC':<40} {'PART':>4} {'END':>10} {'POSITION':>10} {'LAG':>8}")
         for p in g.partitions:

@@ -1,35 +1,65 @@
 #!/usr/bin/env bash
-# `make demo`: a few simulated cameras for a short while, through the real
-# Kafka into the real PostgreSQL. Run from the repository root by the Makefile.
+# `make demo`: simulated cameras through the real Kafka into the real
+# PostgreSQL, then what operators ask of it. Run from the repository root by
+# the Makefile (which has already set up the virtualenv and the local stack).
 set -euo pipefail
 T=.venv/bin/tracker
 
-echo "== migrations"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "migrations"
 $T migrate
-echo "== simulating 4 cameras at 10 fps for 6 s (seeded, 5% failures)"
-$T simulate --cameras 4 --fps 10 --duration 6 --failure-rate 0.05
-echo "== event-store consumer (until caught up)"
+step "simulating 4 cameras at 10 fps for 6 s (detect -> analyze -> notify, 8% failures)"
+$T simulate --cameras 4 --fps 10 --duration 6 --failure-rate 0.08 --seed "$RANDOM"
+step "event-store consumer (group tracker.event-store), until caught up"
 $T consume --until-idle --metrics-port 0
-echo "== dead letters"
+step "projection worker (group tracker.projections), until caught up"
+$T project --until-idle --metrics-port 0
+step "per-camera and per-stage statistics, last hour"
+$T stats --hours 1
+step "slowest frames, last hour"
+$T slow --threshold-ms 0 --hours 1 --limit 5
+step "failure analysis, last 24 h"
+$T failures --hours 24
+
+completed=$($T slow --threshold-ms 0 --hours 1 --limit 1 --json | .venv/bin/python -c \
+  'import json,sys; r=[f for f in json.load(sys.stdin) if f["state"]=="completed"]; print(r[0]["frame_id"] if r else "")')
+failed=$($T failures --hours 24 --json | .venv/bin/python -c \
+  'import json,sys; r=json.load(sys.stdin)["by_stage_error_camera"]; print(r[0]["sample_frame_id"] if r else "")')
+if [ -n "$completed" ]; then step "journey of a completed frame"; $T journey "$completed"; fi
+if [ -n "$failed" ]; then step "journey of a failed frame"; $T journey "$failed"; fi
+
+step "dead letters and pipeline status"
 $T dlq list --limit 5
-echo
-echo "Stored events by type:"
-.venv/bin/python - <<'PY'
-import asyncio
-from tracker.config import Settings
-from tracker.db import connect
+$T status | grep -v '^  '
 
-async def main() -> None:
-    conn = await connect(Settings.from_env())
-    try:
-        rows = await conn.fetch(
-            "SELECT event_type, count(*) AS n FROM frame_events GROUP BY 1 ORDER BY 2 DESC")
-        total = sum(r["n"] for r in rows)
-        for r in rows:
-            print(f"  {r['event_type']:<22} {r['n']:>8}")
-        print(f"  {'total':<22} {total:>8}")
-    finally:
-        await conn.close()
-
-asyncio.run(main())
+step "HTTP API (tracker serve) on 127.0.0.1:8080"
+$T serve --port 8080 >/dev/null 2>&1 &
+api=$!
+trap 'kill $api 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  .venv/bin/python -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=1)' 2>/dev/null && break
+  sleep 0.2
+done
+.venv/bin/python - "$failed" <<'PY'
+import json, sys, urllib.request
+from urllib.parse import quote
+base = "http://127.0.0.1:8080"
+ready = json.load(urllib.request.urlopen(base + "/readyz"))
+print(f"GET /readyz -> {ready}")
+if sys.argv[1]:
+    j = json.load(urllib.request.urlopen(f"{base}/api/v1/frames/{quote(sys.argv[1], safe='')}"))
+    print(f"GET /api/v1/frames/{sys.argv[1]} -> state {j['state']}, {len(j['events'])} events, "
+          f"trace {j['trace']['url'] if j['trace'] else '-'}")
+metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+print(f"GET /metrics -> {len(metrics.splitlines())} lines of OpenMetrics")
 PY
+cat <<'TXT'
+
+Where things are, while `tracker serve` runs (start it with .venv/bin/tracker serve):
+  API       http://127.0.0.1:8080/api/v1/...   (endpoints: http://127.0.0.1:8080/openapi.json)
+  health    http://127.0.0.1:8080/healthz  http://127.0.0.1:8080/readyz
+  metrics   http://127.0.0.1:8080/metrics; workers: tracker consume (:9464), tracker project (:9465)
+  traces    set OTEL_EXPORTER_OTLP_ENDPOINT to export spans; journeys link to Jaeger
+  stack     make stack-status / make stack-down
+TXT
