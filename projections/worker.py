@@ -22,7 +22,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from projections.events import from_kafka
 from projections.fold import ProjEvent
@@ -30,10 +29,10 @@ from projections.store import CheckpointConflict, FramesProjectionStore, Generat
 from tracker import metrics
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.db import connect_pool
+from tracker.db import connect_pool, retry_while_unavailable
 from tracker.errors import BrokerError, DatabaseUnavailable
 from tracker.kafka import ensure_topics, make_consumer
-from tracker.progress import ProgressSampler
+from tracker.progress import ProgressSampler, periodically
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +78,7 @@ class ProjectionWorker:
         self.generation = 0
         # (topic, partition) -> the checkpoint we believe is stored (None: no row yet)
         self._expected: dict[tuple[str, int], int | None] = {}
+        self._lag_task: asyncio.Task[None] | None = None
         self._progress = ProgressSampler(f"projections/{uuid.uuid4().hex[:12]}")
 
     def request_stop(self) -> None:
@@ -91,7 +91,9 @@ class ProjectionWorker:
 
     async def start(self) -> None:
         await ensure_topics(self.settings, self.settings.event_topics)
-        self._pool = await self._retry_db(lambda: connect_pool(self.settings, min_size=1, max_size=2))
+        self._pool = await self._retry_db(
+            lambda: connect_pool(self.settings, min_size=1, max_size=2), startup=True
+        )
         self._store = FramesProjectionStore(self._pool)
         self.generation = await self._retry_db(self._store.live_generation)
         self._consumer = make_consumer(
@@ -101,8 +103,14 @@ class ProjectionWorker:
         )
         self._consumer.subscribe(list(self.settings.event_topics), listener=_Rebalance(self))
         await self._consumer.start()
+        # Lag gauges also refresh on a timer: a stalled or paused worker (no
+        # batches) is exactly when lag alerts need fresh numbers.
+        self._lag_task = asyncio.create_task(periodically(self._update_lag, 5.0))
 
     async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            self._lag_task = None
         if self._consumer is not None:
             await asyncio.shield(self._consumer.stop())
             self._consumer = None
@@ -129,23 +137,20 @@ class ProjectionWorker:
         if begin:
             await self._consumer.seek_to_beginning(*begin)
 
-    async def _retry_db(self, fn: Callable[[], Any]) -> Any:
-        def before_sleep(state: Any) -> None:
+    async def _retry_db(self, fn: Callable[[], Any], *, startup: bool = False) -> Any:
+        """Retry while the database is unavailable, unless a stop was requested
+        (or, at start-up, the start-up timeout has passed)."""
+
+        def counted(_: BaseException) -> None:
             self.stats.db_retries += 1
             metrics.db_retries.labels("projections").inc()
-            log.warning(
-                "database unavailable (%s); retrying", state.outcome.exception() if state.outcome else None
-            )
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(DatabaseUnavailable),
-            wait=wait_exponential(multiplier=0.2, min=0.2, max=5.0),
-            stop=lambda _: self._stopping.is_set(),
-            before_sleep=before_sleep,
-            reraise=True,
-        ):
-            with attempt:
-                return await fn()
+        return await retry_while_unavailable(
+            fn,
+            on_retry=counted,
+            should_stop=self._stopping.is_set,
+            give_up_after_s=self.settings.startup_timeout_s if startup else None,
+        )
 
     async def run(self, *, until_idle: bool = False, idle_timeout_s: float = 60.0) -> ProjectionStats:
         assert self._consumer is not None, "start() first"
@@ -260,7 +265,8 @@ class ProjectionWorker:
         await self._seek_to_checkpoints(list(self._consumer.assignment()))
 
     async def _update_lag(self) -> None:
-        assert self._consumer is not None
+        if self._consumer is None:
+            return
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             exp = self._expected.get((tp.topic, tp.partition))

@@ -98,6 +98,10 @@ class Settings:
     instance_id: str = ""
     kafka_session_timeout_ms: int = 10_000
 
+    # How long a worker waits for PostgreSQL at start-up before it gives up
+    # (once running, it waits for an outage to end however long it lasts).
+    startup_timeout_s: int = 60
+
     # Event-store consumer batching.
     batch_max_records: int = 5000
     batch_timeout_ms: int = 100

@@ -28,13 +28,21 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from tracker import metrics
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.db import connect_pool
+from tracker.db import connect_pool, retry_while_unavailable
 from tracker.dlq import DeadLetterPublisher
-from tracker.errors import BrokerError, DatabaseUnavailable, DecodeError
+from tracker.errors import (
+    BodyError,
+    BrokerError,
+    DatabaseUnavailable,
+    DecodeError,
+    FramingError,
+    UnknownSchemaError,
+    ValidationError,
+)
 from tracker.events import from_micros
 from tracker.kafka import ensure_topics, make_consumer
 from tracker.lifecycle import TERMINAL, flag_batch
-from tracker.progress import ProgressSampler
+from tracker.progress import ProgressSampler, periodically
 from tracker.store import PostgresEventStore, record_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
@@ -97,6 +105,7 @@ class EventStoreConsumer:
         self._pool: Any = None
         self._store: PostgresEventStore | None = None
         self._dlq: DeadLetterPublisher | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._progress = ProgressSampler(f"event-store/{uuid.uuid4().hex[:12]}")
 
     def request_stop(self) -> None:
@@ -110,7 +119,9 @@ class EventStoreConsumer:
     # ---- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         await ensure_topics(self.settings, [*self.settings.event_topics, self.settings.dlq_topic])
-        self._pool = await self._retry_db(lambda: connect_pool(self.settings, min_size=1, max_size=2))
+        self._pool = await self._retry_db(
+            lambda: connect_pool(self.settings, min_size=1, max_size=2), startup=True
+        )
         self._store = PostgresEventStore(self._pool)
         today = datetime.now(UTC).date()
         await self._retry_db(
@@ -127,9 +138,19 @@ class EventStoreConsumer:
         )
         self._consumer.subscribe(list(self.settings.event_topics), listener=_Rebalance(self))
         await self._consumer.start()
+        # Known label sets start at zero, so rate() sees the first dead letter.
+        for topic in self.settings.event_topics:
+            for cls in (FramingError, UnknownSchemaError, BodyError, ValidationError):
+                metrics.dlq_records.labels(topic, cls.__name__)
+        # Lag gauges also refresh on a timer: a stalled or paused worker (no
+        # batches) is exactly when lag alerts need fresh numbers.
+        self._lag_task = asyncio.create_task(periodically(self._update_lag, 5.0))
 
     async def stop(self) -> None:
         """Leave the group and close everything; safe under cancellation."""
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            self._lag_task = None
         if self._consumer is not None:
             await asyncio.shield(self._consumer.stop())
             self._consumer = None
@@ -186,7 +207,8 @@ class EventStoreConsumer:
         return True
 
     async def _update_lag(self) -> None:
-        assert self._consumer is not None
+        if self._consumer is None:
+            return
         for tp in self._consumer.assignment():
             hw = self._consumer.highwater(tp)
             if hw is None:
@@ -197,27 +219,20 @@ class EventStoreConsumer:
                 continue
             metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(max(0, hw - pos))
 
-    async def _retry_db(self, fn: Callable[[], Any]) -> Any:
-        """Retry while the database is unavailable, unless a stop was requested."""
+    async def _retry_db(self, fn: Callable[[], Any], *, startup: bool = False) -> Any:
+        """Retry while the database is unavailable, unless a stop was requested
+        (or, at start-up, the start-up timeout has passed)."""
 
-        def stop_requested(_: Any) -> bool:
-            return self._stopping.is_set()
-
-        def before_sleep(state: Any) -> None:
+        def counted(_: BaseException) -> None:
             self.stats.db_retries += 1
             metrics.db_retries.labels("event-store").inc()
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("database unavailable (%s); retrying", exc)
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(DatabaseUnavailable),
-            wait=wait_exponential(multiplier=0.2, min=0.2, max=5.0),
-            stop=stop_requested,
-            before_sleep=before_sleep,
-            reraise=True,
-        ):
-            with attempt:
-                return await fn()
+        return await retry_while_unavailable(
+            fn,
+            on_retry=counted,
+            should_stop=self._stopping.is_set,
+            give_up_after_s=self.settings.startup_timeout_s if startup else None,
+        )
 
     async def _process(self, batch: dict[TopicPartition, list[Any]]) -> bool:
         """Make one batch durable, then commit it. Returns False if abandoned."""
@@ -278,7 +293,12 @@ class EventStoreConsumer:
                     stored_terminals = await self._durable(
                         lambda: self._store.stored_terminals(terminal_frames)  # type: ignore[union-attr]
                     )
-                self.stats.flagged += flag_batch(good, stored_terminals)
+                flagged = flag_batch(good, stored_terminals)
+                if flagged:
+                    self.stats.flagged += flagged
+                    for rec in good:
+                        if rec.get("lifecycle_flag"):
+                            metrics.events_flagged.labels(rec["event_type"]).inc()
                 rows = [
                     record_to_row(
                         rec,

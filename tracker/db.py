@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from tracker.config import Settings
 from tracker.errors import DatabaseUnavailable, MigrationError, StorageError
@@ -67,34 +67,39 @@ async def retry_while_unavailable(
     fn: Callable[[], Awaitable[T]],
     *,
     on_retry: Callable[[BaseException], None] | None = None,
-    max_wait_s: float = 10.0,
+    should_stop: Callable[[], bool] | None = None,
+    max_wait_s: float = 5.0,
     give_up_after_s: float | None = None,
 ) -> T:
     """Retry ``fn`` on :class:`DatabaseUnavailable` only, with capped exponential backoff.
 
     By default it never gives up: a worker must not skip a batch because the
-    database was down, it waits for it to come back.
+    database was down, it waits for it to come back. ``should_stop`` (a
+    shutdown request) and ``give_up_after_s`` (start-up) end the wait, re-raising
+    the last error.
     """
 
     def before_sleep(state: Any) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning(
-            "database unavailable, retrying in %.1fs: %s",
-            state.next_action.sleep if state.next_action else 0,
+            "database unavailable (%s); retrying in %.1fs",
             exc,
+            state.next_action.sleep if state.next_action else 0,
         )
         if on_retry and exc is not None:
             on_retry(exc)
 
-    kwargs: dict[str, Any] = {}
-    if give_up_after_s is not None:
-        kwargs["stop"] = stop_after_delay(give_up_after_s)
+    def stop(state: Any) -> bool:
+        if should_stop is not None and should_stop():
+            return True
+        return give_up_after_s is not None and state.seconds_since_start >= give_up_after_s
+
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(DatabaseUnavailable),
         wait=wait_exponential(multiplier=0.2, min=0.2, max=max_wait_s),
+        stop=stop,
         before_sleep=before_sleep,
         reraise=True,
-        **kwargs,
     ):
         with attempt:
             return await call_db(fn)

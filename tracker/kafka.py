@@ -61,8 +61,11 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        "fetch_max_bytes": 32 * 1024 * 1024,
+        # Bounded prefetch: aiokafka buffers at most one fetch response ahead of
+        # the batch being written, so a slow database means a paused fetch
+        # (back-pressure), never a growing buffer.
+        "max_partition_fetch_bytes": 1024 * 1024,
+        "fetch_max_bytes": 16 * 1024 * 1024,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 4),
         # Our batches can wait on a database outage with retries; allow that

@@ -7,8 +7,10 @@ is for operators, it must never hold up a batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -41,3 +43,14 @@ class ProgressSampler:
             await pool.execute(_INSERT, self.worker, self.position)
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as e:
             log.debug("progress sample failed: %s", e)
+
+
+async def periodically(fn: Callable[[], Awaitable[None]], every_s: float) -> None:
+    """Run ``fn`` every ``every_s`` seconds until cancelled; its errors are
+    logged, never raised: monitoring must not kill a worker."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await fn()
+        except Exception as e:
+            log.debug("periodic %s failed: %s", getattr(fn, "__name__", fn), e)

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tracker import events as ev
@@ -99,7 +100,12 @@ class FramePublisher:
             failure, self._failure = self._failure, None
             raise BrokerError(f"an earlier publish failed: {failure}") from failure
 
-    async def publish(self, event: ev.FrameEvent, *, wait: bool = True) -> None:
+    async def publish(
+        self, event: ev.FrameEvent, *, wait: bool = True, context: Context | None = None
+    ) -> None:
+        """Publish one event. ``context`` is the parent of the ``send`` span
+        (default: the current context), e.g. the span of the frame's whole
+        journey so that all its events share one trace."""
         self._raise_failure()
         topic = self.topic_for(event)
         value = self.codec.encode(event)
@@ -108,6 +114,7 @@ class FramePublisher:
             self._tracer.start_as_current_span(
                 f"send {topic}",
                 kind=SpanKind.PRODUCER,
+                context=context,
                 attributes={
                     "messaging.system": "kafka",
                     "messaging.operation.type": "send",

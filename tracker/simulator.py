@@ -15,10 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opentelemetry import trace
 
 from tracker import events as ev
 from tracker.domain import Frame, FrameError, ProcessingState
 from tracker.publisher import FramePublisher
+from tracker.telemetry import get_tracer
 
 STAGES = ("detect", "analyze", "notify")
 # Median stage durations (ms) and log-normal spread: detection is the heavy one.
@@ -147,14 +151,20 @@ async def simulate(
     heap: list[tuple[float, int, ev.FrameEvent]] = []
     seq = 0
     tick = 0
+    # One trace per frame: a "frame <id>" span opens with the frame's first
+    # event and closes with its last; every event's send span is its child.
+    tracer = get_tracer("tracker.simulator")
+    open_frames: dict[str, list[Any]] = {}  # frame_id -> [span | None, events left]
 
     def plan_tick(i: int) -> None:
         nonlocal seq
         for c, camera in enumerate(cameras):
             capture = i * interval + rng.uniform(0, interval * 0.1) + c * 1e-6
-            for t, e in plan_frame(rng, cfg, camera, capture, start, processors[c % len(processors)]):
+            planned = plan_frame(rng, cfg, camera, capture, start, processors[c % len(processors)])
+            for t, e in planned:
                 heapq.heappush(heap, (t, seq, e))
                 seq += 1
+            open_frames[planned[0][1].frame_id] = [None, len(planned)]
             result.frames += 1
 
     while tick < n_per_camera or heap:
@@ -169,7 +179,17 @@ async def simulate(
             delay = t - (time.monotonic() - t_wall0)
             if delay > 0:
                 await asyncio.sleep(delay)
-        await publisher.publish(event, wait=False)
+        entry = open_frames[event.frame_id]
+        if entry[0] is None:
+            entry[0] = tracer.start_span(
+                f"frame {event.frame_id}",
+                attributes={"frame.id": event.frame_id, "camera.id": event.camera_id},
+            )
+        await publisher.publish(event, wait=False, context=trace.set_span_in_context(entry[0]))
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].end()
+            del open_frames[event.frame_id]
         result.events += 1
         if isinstance(event, ev.ProcessingFailed):
             result.failed_frames += 1
@@ -177,6 +197,9 @@ async def simulate(
             result.event_ids.append(event.event_id)
         if on_event:
             on_event(event)
+    for entry in open_frames.values():  # stopped early: close what is open
+        if entry[0] is not None:
+            entry[0].end()
     await publisher.flush()
     result.seconds = time.monotonic() - t_wall0
     return result

@@ -57,11 +57,15 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 
 def run_cli(
-    settings: Settings, *args: str, timeout: float = 180, check: bool = True
+    settings: Settings,
+    *args: str,
+    timeout: float = 180,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "tracker.cli", *args],
-        env=env_for(settings),
+        env={**env_for(settings), **(extra_env or {})},
         cwd=ROOT,
         capture_output=True,
         text=True,

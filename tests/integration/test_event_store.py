@@ -83,6 +83,9 @@ async def test_cli_simulate_then_consume_stores_exactly_the_published_events(
         'SELECT event_id::text, trace_id, span_id, topic, "partition", "offset" FROM frame_events'
     )
     assert {r["event_id"]: tuple(r)[1:] for r in rows} == expected
+    # One trace per frame: every event of a frame carries the same trace id.
+    per_frame = await db.fetch("SELECT frame_id, count(DISTINCT trace_id) AS n FROM frame_events GROUP BY 1")
+    assert len(per_frame) == 300 and {r["n"] for r in per_frame} == {1}
 
 
 async def test_trace_ids_are_the_publisher_spans(settings: Settings, db: asyncpg.Connection) -> None:

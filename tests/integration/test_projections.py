@@ -63,7 +63,7 @@ async def test_sigkilled_worker_ends_with_the_same_projection(settings: Settings
     progress = []
     try:
         for _ in range(6):
-            proc = subprocess.Popen(  # noqa: ASYNC220 - a real OS process to SIGKILL
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "tracker.cli", "project", "--metrics-port", "0"],
                 env=env,
                 cwd=ROOT,
