@@ -1,0 +1,513 @@
+"""Prometheus configuration, alert rules and every PromQL expression we ship,
+checked with the real ``promtool`` and against a real Prometheus scraping real
+workers.
+
+- ``promtool check config`` on compose/prometheus/prometheus.yml (with the rule
+  files it loads), ``promtool check rules`` and ``promtool test rules`` on the
+  unit tests in compose/prometheus/rules/tests/.
+- A live run: ``tracker consume`` and ``tracker project`` run as processes with
+  ``--metrics-port``, a private Prometheus (Debian's package, our own port and
+  TSDB folder, exemplar storage on) scrapes them every second and evaluates the
+  alert rules, while a simulated workload and one undecodable record go
+  through. Then every PromQL expression of the Grafana dashboards and of the
+  alert rules must parse and run, the ones that describe the workload must
+  return data, and the exemplars of ``frame_processing_duration_seconds`` must
+  carry trace ids that exist in that test's ``frame_events``.
+
+Each checker returns a list of problems; the ``*_can_fail`` tests and the end
+of the live test feed them broken input, so none of them passes by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from tests.integration.helpers import ROOT, env_for, publish_simulation
+from tests.integration.prom import (
+    PROMETHEUS_CONFIG,
+    RULE_TESTS_DIR,
+    RULES_DIR,
+    PrometheusServer,
+    PrometheusTools,
+    PrometheusUnavailable,
+    PromQLError,
+    PromTarget,
+    RuleExpr,
+    dashboard_promql,
+    find_prometheus,
+    free_port,
+    grafana_to_promql,
+    rule_exprs,
+    rule_files,
+)
+from tracker.config import Settings
+
+pytestmark = pytest.mark.integration
+
+# Dashboard expressions over these metrics may return nothing in the live run:
+# the series only exist once the event has happened.
+ONLY_AFTER_AN_OUTAGE = {
+    "tracker_worker_paused": "set only when a worker pauses fetching (database outage)",
+    "tracker_db_retries_total": "incremented only when a database operation is retried",
+}
+
+# What each alert's expression must return in the live run: True = data (the
+# condition holds), False = nothing, None = either (depends on the simulated
+# failure and latency draws). A new alert needs an entry here.
+LIVE_ALERT_EXPECTATIONS: dict[str, bool | None] = {
+    "TrackerDLQGrowing": True,  # the run dead-letters one undecodable record
+    "FrameErrorRateHigh": None,  # a few dozen frames at a 20% failure rate
+    "FrameLatencyP99High": None,  # simulated latencies are far below 2 s, but a few frames take the slow path
+    "CameraSilent": False,  # needs traffic older than 10 minutes
+    "TrackerConsumerLagHigh": False,
+    "TrackerConsumerLagGrowing": False,
+    "TrackerProjectionLagHigh": False,
+    "TrackerWorkerDown": False,  # both workers are up
+    "TrackerWorkerPaused": False,
+}
+
+
+@pytest.fixture(scope="session")
+def prom_tools() -> PrometheusTools:
+    """prometheus and promtool, installed from Debian's package if missing (as root)."""
+    try:
+        return find_prometheus()
+    except PrometheusUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+# ---- promtool ---------------------------------------------------------------------
+
+
+def promtool(tools: PrometheusTools, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tools.promtool, *args], capture_output=True, text=True, timeout=120, check=False, cwd=cwd
+    )
+
+
+def checkable_config(tools: PrometheusTools, config: Path, workdir: Path) -> Path:
+    """The config promtool can check: the file itself, or, for a Prometheus older
+    than 2.49 (Debian 12 ships 2.42), a copy without `scrape_protocols`, which
+    only those versions reject (tests/unit/test_compose.py checks its values
+    against what the compose image, v2.55, accepts). The copy sits beside a link
+    to the real rules folder, so the relative `rule_files` globs still resolve
+    to the real rule files."""
+    if tools.supports_scrape_protocols:
+        return config
+    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    cfg.get("global", {}).pop("scrape_protocols", None)
+    for job in cfg.get("scrape_configs") or []:
+        job.pop("scrape_protocols", None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / config.name
+    copy.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    for entry in config.parent.iterdir():
+        if entry.is_dir() and not (workdir / entry.name).exists():
+            (workdir / entry.name).symlink_to(entry, target_is_directory=True)
+    return copy
+
+
+def check_config(
+    tools: PrometheusTools, config: Path, workdir: Path, expect_rule_files: Sequence[str] = ()
+) -> list[str]:
+    """promtool check config (which checks the rule files it loads as well)."""
+    result = promtool(tools, "check", "config", str(checkable_config(tools, config, workdir)))
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        return [f"promtool check config {config.name}:\n{output}"]
+    return [
+        f"promtool check config did not check rule file {n}:\n{output}"
+        for n in expect_rule_files
+        if n not in output
+    ]
+
+
+def check_unit_tests(tools: PrometheusTools, test_files: Sequence[Path]) -> list[str]:
+    problems = []
+    for f in test_files:
+        result = promtool(tools, "test", "rules", f.name, cwd=f.parent)
+        if result.returncode != 0:
+            problems.append(f"promtool test rules {f.name}:\n{result.stdout}{result.stderr}")
+    return problems
+
+
+def check_alert_test_coverage(rules: Sequence[RuleExpr], test_files: Sequence[Path]) -> list[str]:
+    """Every alert has a unit test where it fires and one where it must not."""
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for f in test_files:
+        for case in yaml.safe_load(f.read_text(encoding="utf-8")).get("tests") or []:
+            for t in case.get("alert_rule_test") or []:
+                (fires if t.get("exp_alerts") else silent).add(t["alertname"])
+    problems = []
+    for r in rules:
+        if not r.is_alert:
+            continue
+        if r.name not in fires:
+            problems.append(f"alert {r.name}: no unit test in which it fires")
+        if r.name not in silent:
+            problems.append(f"alert {r.name}: no unit test in which it must not fire")
+    return problems
+
+
+def unit_test_files() -> list[Path]:
+    return sorted(RULE_TESTS_DIR.glob("*.yml"))
+
+
+def test_prometheus_config_is_valid(prom_tools: PrometheusTools, tmp_path: Path) -> None:
+    assert rule_files(), "prometheus.yml loads no rule files"
+    assert not set(rule_files()) & set(unit_test_files()), (
+        "prometheus.yml would load a unit-test file as rules"
+    )
+    assert check_config(prom_tools, PROMETHEUS_CONFIG, tmp_path, [f.name for f in rule_files()]) == []
+
+
+def test_rule_files_are_valid(prom_tools: PrometheusTools) -> None:
+    for f in rule_files():
+        result = promtool(prom_tools, "check", "rules", str(f))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_unit_tests_pass(prom_tools: PrometheusTools) -> None:
+    files = unit_test_files()
+    assert files, f"no promtool unit tests in {RULE_TESTS_DIR.relative_to(ROOT)}"
+    # The unit tests must cover the files prometheus.yml really loads.
+    covered = {
+        (f.parent / r).resolve()
+        for f in files
+        for r in yaml.safe_load(f.read_text(encoding="utf-8")).get("rule_files") or []
+    }
+    assert {f.resolve() for f in rule_files()} <= covered
+    assert check_unit_tests(prom_tools, files) == []
+    assert check_alert_test_coverage(rule_exprs(), files) == []
+
+
+def _copy_rules(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the rules folder (rule files and unit tests, same layout)."""
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    return rules, rules / RULE_TESTS_DIR.relative_to(RULES_DIR)
+
+
+def test_config_check_can_fail(prom_tools: PrometheusTools, tmp_path: Path) -> None:
+    rules, _ = _copy_rules(tmp_path)
+    config = tmp_path / "prometheus.yml"
+    shutil.copy(PROMETHEUS_CONFIG, config)
+    for f in rules.glob("*.yml"):
+        f.write_text(f.read_text(encoding="utf-8").replace("rate(", "rte(", 1), encoding="utf-8")
+    assert check_config(prom_tools, config, tmp_path / "work"), "a rule with a bad function passed"
+
+
+def test_unit_tests_can_fail(prom_tools: PrometheusTools, tmp_path: Path) -> None:
+    rules, tests_dir = _copy_rules(tmp_path)
+    alerts = rules / "tracker-alerts.yml"
+    text = alerts.read_text(encoding="utf-8")
+    # Raise the error-rate threshold: the test that expects cam-bad (20%) to fire must fail.
+    assert ") > 0.10" in text
+    alerts.write_text(text.replace(") > 0.10", ") > 0.50"), encoding="utf-8")
+    problems = check_unit_tests(prom_tools, sorted(tests_dir.glob("*.yml")))
+    assert problems and "FrameErrorRateHigh" in problems[0], problems
+    # An alert nobody tests is reported.
+    extra = [*rule_exprs(), RuleExpr("x.yml", "g", "Untested", "vector(1)", True)]
+    assert check_alert_test_coverage(extra, unit_test_files()) == [
+        "alert Untested: no unit test in which it fires",
+        "alert Untested: no unit test in which it must not fire",
+    ]
+
+
+# ---- live: real workers, a real Prometheus ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    expr: str  # ready to run (Grafana variables replaced)
+    must_have_data: bool
+    must_be_empty: bool = False
+    finite: bool = False  # at least one finite value (quantiles: not all NaN)
+
+
+def dashboard_queries(targets: Iterable[PromTarget], cameras: Sequence[str]) -> list[Query]:
+    out = []
+    for t in targets:
+        expr = grafana_to_promql(t.expr, {"camera": cameras}, interval=t.interval)
+        optional = any(metric in t.expr for metric in ONLY_AFTER_AN_OUTAGE)
+        out.append(Query(t.name, expr, not optional, finite="histogram_quantile" in expr and not optional))
+    return out
+
+
+def rule_queries(rules: Iterable[RuleExpr]) -> list[Query]:
+    out = []
+    for r in rules:
+        if r.is_alert and r.name not in LIVE_ALERT_EXPECTATIONS:
+            raise AssertionError(f"alert {r.name}: add its expected live outcome to LIVE_ALERT_EXPECTATIONS")
+        want = LIVE_ALERT_EXPECTATIONS.get(r.name)
+        out.append(Query(f"{r.file} / {r.group} / {r.name}", r.expr, want is True, want is False))
+    return out
+
+
+def _finite(sample: dict[str, Any]) -> bool:
+    value = sample.get("value")
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    try:
+        return math.isfinite(float(value[1]))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_queries(prom: PrometheusServer, queries: Iterable[Query]) -> list[str]:
+    problems = []
+    for q in queries:
+        try:
+            result = prom.query(q.expr)
+        except PromQLError as e:
+            problems.append(f"{q.name}: {e}\n    {q.expr}")
+            continue
+        if q.must_have_data and not result:
+            problems.append(f"{q.name}: no data\n    {q.expr}")
+        elif q.must_be_empty and result:
+            problems.append(f"{q.name}: returned data, expected none: {result[:3]}\n    {q.expr}")
+        elif q.finite and result and not any(_finite(s) for s in result):
+            problems.append(f"{q.name}: only NaN/Inf values {result[:3]}\n    {q.expr}")
+    return problems
+
+
+def exemplar_trace_ids(prom: PrometheusServer, expr: str, start: float, end: float) -> list[str]:
+    return [
+        ex["labels"].get("trace_id", "")
+        for series in prom.query_exemplars(expr, start, end)
+        for ex in series.get("exemplars") or []
+    ]
+
+
+def check_exemplars(trace_ids: Sequence[str], stored: set[str], what: str) -> list[str]:
+    if not trace_ids:
+        return [f"{what}: no exemplars"]
+    unknown = sorted(set(trace_ids) - stored)
+    if unknown:
+        return [f"{what}: {len(unknown)} exemplar trace ids not in frame_events.trace_id, e.g. {unknown[:3]}"]
+    return []
+
+
+def check_rule_health(groups: Sequence[dict[str, Any]], expected: Iterable[str]) -> list[str]:
+    seen = {r["name"]: r for g in groups for r in g.get("rules") or []}
+    problems = [f"rule {n}: not loaded by Prometheus" for n in expected if n not in seen]
+    for name, r in seen.items():
+        if r.get("health") != "ok":
+            problems.append(f"rule {name}: health {r.get('health')!r} {r.get('lastError', '')}")
+    return problems
+
+
+async def _spawn(settings: Settings, log: Path, *args: str) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tracker.cli", *args,
+            env=env_for(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 20)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
+async def _poll(fn: Any, what: str, timeout: float = 45.0, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await fn()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def _scalar(prom: PrometheusServer, expr: str) -> float | None:
+    result = prom.query(expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+async def test_live_scrape_dashboards_and_rules(
+    settings: Settings, prom_tools: PrometheusTools, tmp_path: Path
+) -> None:
+    t0 = time.time()
+    consumer_port, projector_port = free_port(), free_port()
+    prom = PrometheusServer(
+        prom_tools,
+        tmp_path,
+        {
+            "tracker-consumer": [f"127.0.0.1:{consumer_port}"],
+            "tracker-projector": [f"127.0.0.1:{projector_port}"],
+        },
+        rule_files=[str(f) for f in rule_files()],
+    )
+    await asyncio.to_thread(prom.start)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        procs.append(
+            await _spawn(settings, tmp_path / "consume.log", "consume", "--metrics-port", str(consumer_port))
+        )
+        procs.append(
+            await _spawn(settings, tmp_path / "project.log", "project", "--metrics-port", str(projector_port))
+        )
+
+        async def targets_up() -> bool:
+            for p in procs:
+                if p.returncode is not None:
+                    raise AssertionError(f"a worker exited {p.returncode}; see {tmp_path}/*.log")
+            targets = await asyncio.to_thread(prom.active_targets)
+            return len(targets) == 2 and all(t["health"] == "up" for t in targets)
+
+        await _poll(targets_up, "both workers to be scraped")
+
+        # The workload, in two waves with scrapes in between: a series appears
+        # with its first increment, so Prometheus needs samples before and after
+        # an increase for rate() and histogram_quantile() to see it. Simulated
+        # cameras (with failures, so the error series exist) and one record no
+        # codec can read (for the DLQ series).
+        events = 0
+
+        async def stored(n: int, dlq: int) -> bool:
+            got = await asyncio.to_thread(_scalar, prom, "sum(tracker_events_stored_total)")
+            dead = await asyncio.to_thread(_scalar, prom, "sum(tracker_dlq_records_total)")
+            plag = await asyncio.to_thread(_scalar, prom, "sum(tracker_projection_lag_records)")
+            return got == n and (dead or 0) == dlq and plag == 0
+
+        failed = 0
+        for wave, seed in enumerate((11, 12)):
+            sim = await publish_simulation(
+                settings, cameras=3, fps=5, duration_s=2, failure_rate=0.2, seed=seed
+            )
+            events += sim.events
+            failed += sim.failed_frames
+            if wave == 1:
+                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+                await producer.start()
+                try:
+                    await producer.send_and_wait(settings.camera_topic, b"not avro", key=b"broken-frame")
+                finally:
+                    await producer.stop()
+            await _poll(
+                lambda n=events, d=wave: stored(n, d),
+                f"Prometheus to see {events} stored events, {wave} dead letters, projections caught up",
+            )
+            await asyncio.sleep(1.5)  # two more scrapes
+        assert failed > 0
+        # A rule evaluation after the last change.
+        await asyncio.sleep(1)
+
+        conn = await asyncpg.connect(settings.database_url.get())
+        try:
+            cameras = [
+                r[0] for r in await conn.fetch("SELECT DISTINCT camera_id FROM frame_events ORDER BY 1")
+            ]
+            stored_traces = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT trace_id FROM frame_events WHERE trace_id IS NOT NULL"
+                )
+            }
+        finally:
+            await conn.close()
+        assert len(cameras) == 3 and stored_traces
+
+        targets = dashboard_promql()
+        rules = rule_exprs()
+        assert targets and rules
+        queries = dashboard_queries(targets, cameras) + rule_queries(rules)
+        problems = await asyncio.to_thread(check_queries, prom, queries)
+
+        # Exemplars: the raw histogram, and each dashboard target that shows them.
+        end = time.time() + 1
+        ids = await asyncio.to_thread(
+            exemplar_trace_ids, prom, "frame_processing_duration_seconds_bucket", t0, end
+        )
+        problems += check_exemplars(ids, stored_traces, "frame_processing_duration_seconds_bucket")
+        exemplar_targets = [t for t in targets if t.exemplar]
+        assert exemplar_targets, "no dashboard target shows exemplars"
+        for t in exemplar_targets:
+            expr = grafana_to_promql(t.expr, {"camera": cameras}, interval=t.interval)
+            ids = await asyncio.to_thread(exemplar_trace_ids, prom, expr, t0, end)
+            problems += check_exemplars(ids, stored_traces, t.name)
+
+        # Prometheus loaded and evaluated every rule without error.
+        async def evaluated() -> list[dict[str, Any]] | None:
+            groups = await asyncio.to_thread(prom.rule_groups)
+            rules_seen = [r for g in groups for r in g.get("rules") or []]
+            return groups if rules_seen and all(r.get("health") != "unknown" for r in rules_seen) else None
+
+        groups = await _poll(evaluated, "every rule to be evaluated", timeout=15)
+        problems += check_rule_health(groups, [r.name for r in rules])
+        assert problems == [], "\n".join(problems)
+
+        # The checks can fail: a parse error, a misspelled metric, NaN-only
+        # quantiles, an alert that should be quiet, unknown trace ids, a bad rule.
+        broken = [
+            Query("syntax", "sum by (camera_id (rate(frames_processed_total[1m]))", True),
+            Query("typo", 'sum(rate(frames_processed_totl{stage="total"}[1m]))', True),
+            Query(
+                "nan",
+                'histogram_quantile(0.5, rate(frame_processing_duration_seconds_bucket{stage="nope"}[1m]))'
+                " or vector(NaN)",
+                True,
+                finite=True,
+            ),
+            Query("quiet", "sum(tracker_dlq_records_total) > 0", False, must_be_empty=True),
+        ]
+        found = await asyncio.to_thread(check_queries, prom, broken)
+        assert [p.split(":")[0] for p in found] == ["syntax", "typo", "nan", "quiet"], found
+        assert "parse error" in found[0] and "no data" in found[1], found
+        assert check_exemplars([*sorted(stored_traces)[:1], "0" * 32], stored_traces, "x")
+        assert check_exemplars([], stored_traces, "x")
+        assert check_rule_health(groups, ["NoSuchAlert"]) == ["rule NoSuchAlert: not loaded by Prometheus"]
+        bad_group = [{"rules": [{"name": "Bad", "health": "err", "lastError": "boom"}]}]
+        assert check_rule_health(bad_group, ["Bad"])
+    finally:
+        for p in procs:
+            await _stop(p)
+        await asyncio.to_thread(prom.stop)
+    for name, p in zip(("consume", "project"), procs, strict=True):
+        log = (tmp_path / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+        assert p.returncode == 0, f"tracker {name} exited {p.returncode}:\n{log[-3000:]}"
+
+
+def test_grafana_variables_in_promql() -> None:
+    expr = 'sum(rate(x{camera_id=~"$camera", a=~"${camera:regex}"}[$__rate_interval])) and y[$__interval]'
+    out = grafana_to_promql(expr, {"camera": ["cam-001", "cam.2"]}, interval="1h")
+    assert out == 'sum(rate(x{camera_id=~"(cam-001|cam\\\\.2)", a=~"(cam-001|cam\\.2)"}[1m])) and y[1h]'
+    assert grafana_to_promql('{a=~"$v"}', {"v": ["one"]}) == '{a=~"one"}'
+    with pytest.raises(KeyError):
+        grafana_to_promql('x{a=~"$nope"}', {})
+
+
+def test_prometheus_install_message_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where prometheus is missing and we cannot install it, the error says what to do."""
+    import tests.integration.prom as prom_mod
+
+    monkeypatch.setattr(prom_mod, "_locate", lambda name: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(PrometheusUnavailable, match="apt-get install -y prometheus"):
+        find_prometheus()
