@@ -24,6 +24,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -53,6 +55,10 @@ class ReplayError(TrackerError):
     pass
 
 
+class _Interrupted(Exception):
+    """A stop was requested during the store phase."""
+
+
 class ProjectionRebuild:
     def __init__(
         self,
@@ -62,9 +68,17 @@ class ProjectionRebuild:
         on_progress: Callable[[ReplayProgress], None] | None = None,
         swap_lag_threshold: int = 0,
         batch_size: int = 5000,
+        since: datetime | None = None,
     ) -> None:
         if source not in ("topics", "store"):
             raise ReplayError(f"unknown source {source!r} (topics or store)")
+        if since is not None and source != "store":
+            raise ReplayError("--since needs --source store (topics are always read from the start)")
+        if since is not None:
+            # Whole hours: rollup rows are per hour, so a frame hour is either
+            # copied or recomputed, never split.
+            since = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        self.since = since
         self.settings = settings
         self.source = source
         self.on_progress = on_progress
@@ -86,8 +100,12 @@ class ProjectionRebuild:
             store = FramesProjectionStore(pool)
             replay_id, gen, resumed = await self._begin(pool)
             try:
-                if self.source == "store" and not resumed:
-                    await self._from_store(pool, store, gen, replay_id)
+                if self.source == "store" and not (resumed and await store.checkpoints(gen)):
+                    try:
+                        await self._from_store(pool, store, gen, replay_id)
+                    except _Interrupted:
+                        log.info("rebuild interrupted; run `tracker replay` again to resume")
+                        return await store.live_generation()
                 done = await self._from_topics(pool, store, gen, replay_id)
                 if not done:
                     log.info("rebuild interrupted; run `tracker replay` again to resume")
@@ -165,34 +183,90 @@ class ProjectionRebuild:
         )
 
     async def _from_store(self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int) -> None:
-        total = await call_db(lambda: pool.fetchval("SELECT count(*) FROM frame_events"))
-        async with pool.acquire() as conn, conn.transaction():
-            # Highest stored offset per partition, read in the same snapshot as the scan.
+        """Fold ``frame_events`` into the new generation, then set its checkpoints.
+
+        With ``since``, frames captured before it are copied unchanged from the
+        live generation instead of being recomputed; their copy and the live
+        checkpoints are read in one snapshot, and the new generation's topic
+        phase starts no later than those checkpoints, so an event the live
+        projection had not applied yet when it was copied is applied after.
+        """
+        live_cp: dict[tuple[str, int], int] | None = None
+        since = self.since
+        if since is not None:
+            live_cp = await self._copy_older(pool, store, gen, since)
+        where, args = ("WHERE frame_timestamp >= $1", [since]) if since is not None else ("", [])
+        total = await call_db(lambda: pool.fetchval(f"SELECT count(*) FROM frame_events {where}", *args))
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # Highest stored offset per partition, in the same snapshot as the scan.
             maxima = await conn.fetch(
                 'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
             )
             chunk: list[Any] = []
             async for row in conn.cursor(
-                f"SELECT {STORE_COLUMNS} FROM frame_events", prefetch=self.batch_size
+                f"SELECT {STORE_COLUMNS} FROM frame_events {where}", *args, prefetch=self.batch_size
             ):
                 chunk.append(from_store(row))
                 if len(chunk) >= self.batch_size:
-                    await retry_while_unavailable(lambda c=chunk: store.apply(c, generation=gen))
+                    await retry_while_unavailable(partial(store.apply, chunk, generation=gen))
                     self._applied += len(chunk)
                     chunk = []
                     await self._progress(pool, rid, self._report(gen, "store", total - self._applied))
                     if self._stopping.is_set():
-                        raise ReplayError("interrupted during the store phase; it restarts on resume")
+                        # No checkpoints yet: a resumed rebuild redoes this phase
+                        # (idempotently) before it continues from the topics.
+                        raise _Interrupted
             if chunk:
-                await retry_while_unavailable(lambda: store.apply(chunk, generation=gen))
+                await retry_while_unavailable(partial(store.apply, chunk, generation=gen))
                 self._applied += len(chunk)
-        positions = {
-            (r["topic"], r["partition"]): (None, r["o"] + 1)
-            for r in maxima
-            if r["topic"] in self.settings.event_topics
-        }
+        positions: dict[tuple[str, int], tuple[int | None, int]] = {}
+        for r in maxima:
+            key = (r["topic"], r["partition"])
+            if r["topic"] not in self.settings.event_topics:
+                continue
+            nxt = r["o"] + 1
+            if live_cp is not None:
+                nxt = min(nxt, live_cp.get(key, 0))
+            positions[key] = (None, nxt)
+        if live_cp is not None:
+            for key, off in live_cp.items():
+                positions.setdefault(key, (None, off))
         if positions:
-            await retry_while_unavailable(lambda: store.apply([], generation=gen, positions=positions))
+            await retry_while_unavailable(partial(store.apply, [], generation=gen, positions=positions))
+
+    async def _copy_older(
+        self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, since: datetime
+    ) -> dict[tuple[str, int], int]:
+        """Copy rows of frames captured before ``since`` from the live generation."""
+
+        async def run() -> dict[tuple[str, int], int]:
+            async with pool.acquire() as conn:
+                oldest = await conn.fetchval("SELECT min(frame_timestamp) FROM frame_metadata")
+                if oldest is not None and oldest < since:
+                    await store.ensure_partitions(gen, [oldest, since])
+                async with conn.transaction(isolation="repeatable_read"):
+                    live = await conn.fetchval(
+                        "SELECT generation FROM projection_state WHERE projection = $1", PROJECTION
+                    )
+                    cps = await conn.fetch(
+                        'SELECT topic, "partition", next_offset FROM projection_checkpoints '
+                        "WHERE projection = $1 AND generation = $2",
+                        PROJECTION,
+                        live,
+                    )
+                    for table, col in (
+                        ("frame_metadata", "frame_timestamp"),
+                        ("processing_stages", "frame_timestamp"),
+                        ("frame_stats_hourly", "hour"),
+                        ("performance_stats", "hour"),
+                    ):
+                        await conn.execute(
+                            f"INSERT INTO {table}_g{gen} SELECT * FROM {table}_g{live} WHERE {col} < $1",
+                            since,
+                        )
+                    return {(r["topic"], r["partition"]): r["next_offset"] for r in cps}
+
+        return await call_db(run)
 
     async def _from_topics(
         self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
@@ -240,7 +314,7 @@ class ProjectionRebuild:
                         if e is not None:
                             events.append(e)
                 await retry_while_unavailable(
-                    lambda ev=events, pos=positions: store.apply(ev, generation=gen, positions=pos)
+                    partial(store.apply, events, generation=gen, positions=positions)
                 )
                 for key, (_, new) in positions.items():
                     expected[key] = new

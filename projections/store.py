@@ -434,9 +434,9 @@ class FramesProjectionStore:
                 fpairs.append((old, new))
                 new_frames.append(new)
         new_stages = []
-        for k in sorted(batch.stages):
-            old_s = old_stages.get(k)
-            new_s = batch.stages[k] if old_s is None else old_s.merge(batch.stages[k])
+        for sk in sorted(batch.stages):
+            old_s = old_stages.get(sk)
+            new_s = batch.stages[sk] if old_s is None else old_s.merge(batch.stages[sk])
             if new_s != old_s:
                 spairs.append((old_s, new_s))
                 new_stages.append(new_s)

@@ -12,9 +12,10 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tracker.config import Settings, mask_url_password
 from tracker.errors import ConfigError, DatabaseUnavailable, NotFound, TrackerError
@@ -85,6 +86,14 @@ def _duration(text: str) -> float:
     return value * factor
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -132,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames = frame_metadata + processing_stages + hourly rollups",
     )
     rp.add_argument("--source", default="topics", choices=["topics", "store"])
+    rp.add_argument(
+        "--since",
+        type=_timestamp,
+        metavar="TIME",
+        help="with --source store: recompute frames captured since TIME (ISO 8601, UTC "
+        "if no offset), copy older ones unchanged",
+    )
     rp.add_argument("--json", action="store_true")
 
     j = sub.add_parser("journey", help="the journey of one frame")
@@ -351,7 +367,9 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    rebuild = ProjectionRebuild(settings, source=args.source, on_progress=show)
+    if args.since is not None and args.source != "store":
+        raise UsageError("--since needs --source store")
+    rebuild = ProjectionRebuild(settings, source=args.source, on_progress=show, since=args.since)
     _on_signals(rebuild.request_stop)
     gen = await rebuild.run()
     if args.json:
@@ -558,7 +576,7 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Awaitable[int]]] = {
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "config": cmd_config,
     "migrate": cmd_migrate,
     "simulate": cmd_simulate,

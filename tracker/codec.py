@@ -70,7 +70,7 @@ class SchemaVersion:
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
-    return bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(dict(schema)), "CRC-64-AVRO"))
 
 
 def load_schema_versions(directory: Path = SCHEMA_DIR) -> list[SchemaVersion]:
@@ -84,7 +84,7 @@ def load_schema_versions(directory: Path = SCHEMA_DIR) -> list[SchemaVersion]:
             SchemaVersion(
                 version=int(m.group(1)),
                 fingerprint=schema_fingerprint(raw),
-                schema=parse_schema(raw, _write_hint=False),
+                schema=parse_schema(raw, _write_hint=False),  # type: ignore[arg-type]
                 path=path,
             )
         )

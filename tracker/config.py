@@ -202,7 +202,8 @@ class Settings:
 
 
 def _parse(f: dataclasses.Field[Any], name: str, value: str) -> Any:
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    factory: Any = f.default_factory
+    default = f.default if f.default is not dataclasses.MISSING else factory()
     if isinstance(default, Secret):
         return Secret(value)
     if isinstance(default, bool):

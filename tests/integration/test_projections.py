@@ -165,3 +165,33 @@ async def test_replay_under_load_swaps_without_downtime(settings: Settings) -> N
     finally:
         await conn.close()
     assert tables == {"frame_metadata_g3"} and statuses == ["swapped", "swapped"]
+
+
+async def test_replay_from_store_since_recomputes_recent_frames_and_copies_older_ones(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    await publish_simulation(
+        settings, cameras=2, fps=10, duration_s=3, seed=81, start=now - timedelta(days=2)
+    )
+    await publish_simulation(settings, cameras=2, fps=10, duration_s=3, seed=82)
+    await consume_until_idle(settings)
+    await project_until_idle(settings)
+    started = await db.fetchval("SELECT now()")
+    since = (now - timedelta(days=1)).isoformat()
+    bad = run_cli(settings, "replay", "--since", since, check=False)
+    assert bad.returncode == 2 and "--source store" in bad.stderr
+    run_cli(settings, "replay", "--source", "store", "--since", since)
+    await project_until_idle(settings)
+    assert_same_projection(*(await projection_vs_store(settings)))
+    rows = await db.fetch(
+        "SELECT frame_timestamp < $1 AS old, max(updated_at) AS last, min(updated_at) AS first "
+        "FROM frame_metadata GROUP BY 1",
+        now - timedelta(days=1),
+    )
+    by_age = {r["old"]: r for r in rows}
+    assert by_age[True]["last"] < started  # copied unchanged
+    assert by_age[False]["first"] >= started  # recomputed from the event store
+    assert await db.fetchval("SELECT generation FROM projection_state") == 2
