@@ -227,9 +227,19 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until ``stop`` is set (or forever)."""
+    from tracker.progress import periodically
+    from tracker.status import collect_status
+
     queries = await FrameTrackingQueries.connect(settings)
     runner = web.AppRunner(build_app(settings, queries), access_log=None)
     await runner.setup()
+
+    async def refresh_status_metrics() -> None:
+        await collect_status(settings)  # exports lag, DLQ size, rebuild and rate gauges
+
+    # Pipeline-wide gauges (lag per partition, DLQ size, rebuild running, events/s)
+    # on this process's /metrics, whether or not the workers expose theirs.
+    status_task = asyncio.create_task(periodically(refresh_status_metrics, 15.0))
     try:
         site = web.TCPSite(runner, host or settings.api_host, port if port is not None else settings.api_port)
         await site.start()
@@ -238,5 +248,6 @@ async def serve(
             ready.set()
         await (stop or asyncio.Event()).wait()
     finally:
+        status_task.cancel()
         await runner.cleanup()
         await queries.close()
