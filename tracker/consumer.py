@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span
 
 log = logging.getLogger(__name__)
 MAX_LINKS = 128
+_FINISHED = frozenset({"StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"})
 
 
 @dataclass
@@ -374,21 +376,35 @@ class EventStoreConsumer:
                 await fn()
 
     def _observe(self, inserted: list[Any]) -> None:
+        """Metrics for a batch of stored rows. Counters are summed per label set
+        and incremented once each, histogram children are looked up once per
+        label set: a label lookup per row (a dict lookup under a lock) cost more
+        than the rest of this method's per-row work."""
+        stored: Counter[str] = Counter()
+        processed: Counter[tuple[str, str, str]] = Counter()
+        errors: Counter[tuple[str, str, str]] = Counter()
+        histograms: dict[tuple[str, str], Any] = {}
         for row in inserted:
-            metrics.events_stored.labels(row["event_type"]).inc()
             et = row["event_type"]
-            if et in ("StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"):
-                stage = row["stage"] if et.startswith("Stage") else "total"
+            stored[et] += 1
+            if et in _FINISHED:
+                stage = (row["stage"] if et.startswith("Stage") else "total") or "unknown"
                 status = "completed" if et.endswith("Completed") else "failed"
                 camera = row["camera_id"]
-                metrics.increment_frames_processed(camera, stage or "unknown", status)
+                processed[(camera, stage, status)] += 1
                 if status == "failed":
-                    metrics.increment_frame_errors(camera, stage or "unknown", row["error_type"] or "")
+                    errors[(camera, stage, row["error_type"] or "")] += 1
                 if row["duration_ms"] is not None:
-                    metrics.observe_processing_duration(
-                        camera,
-                        stage or "unknown",
-                        row["duration_ms"] / 1000.0,
-                        trace_id=row["trace_id"],
-                        span_id=row["span_id"],
-                    )
+                    h = histograms.get((camera, stage))
+                    if h is None:
+                        h = metrics.frame_processing_duration.labels(camera, stage)
+                        histograms[(camera, stage)] = h
+                    tid = row["trace_id"]
+                    ex = {"trace_id": tid, "span_id": row["span_id"] or ""} if tid else None
+                    h.observe(row["duration_ms"] / 1000.0, ex)
+        for et, n in stored.items():
+            metrics.events_stored.labels(et).inc(n)
+        for labels, n in processed.items():
+            metrics.frames_processed.labels(*labels).inc(n)
+        for labels, n in errors.items():
+            metrics.frame_errors.labels(*labels).inc(n)
