@@ -8,8 +8,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 STACK  := $(PYTHON) compose/local/stack.py
 PYTEST_ARGS ?=
+NPM    ?= npm
+TS_HARNESS := tests/timescale/node_modules/.package-lock.json
 
-.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean
+.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean timescale-harness
 
 install: $(STAMP)
 
@@ -35,8 +37,17 @@ migrate: install stack-up
 demo: install stack-up
 	@bash compose/local/demo.sh
 
-test: install stack-up
+test: install stack-up timescale-harness
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# TimescaleDB test harness (tests/timescale: PGlite + TimescaleDB from npm).
+# Without Node.js the timescale tests skip themselves, saying why.
+timescale-harness: $(TS_HARNESS)
+
+$(TS_HARNESS): tests/timescale/package.json tests/timescale/package-lock.json
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+		$(NPM) ci --prefix tests/timescale --no-audit --no-fund; \
+	else echo "npm not found: tests/timescale will be skipped (needs Node.js)"; fi
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -50,4 +61,4 @@ bench: install stack-up
 
 clean:
 	-@$(STACK) down
-	rm -rf .stack $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info bench/results/latest.json
+	rm -rf .stack $(VENV) tests/timescale/node_modules .pytest_cache .mypy_cache .ruff_cache *.egg-info bench/results/latest.json

@@ -15,10 +15,10 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -44,12 +44,91 @@ from tracker.events import from_micros
 from tracker.kafka import ensure_topics, make_consumer
 from tracker.lifecycle import TERMINAL, flag_batch
 from tracker.progress import ProgressSampler, periodically
-from tracker.store import PostgresEventStore, record_to_row
+from tracker.store import AppendResult, PostgresEventStore, record_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
 log = logging.getLogger(__name__)
 MAX_LINKS = 128
+T = TypeVar("T")
 _FINISHED = frozenset({"StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"})
+
+
+TraceIds = tuple[str, str, int]
+
+
+@dataclass
+class DecodedBatch:
+    """A batch split into valid records (with their Kafka metadata) and dead letters."""
+
+    good: list[dict[str, Any]] = field(default_factory=list)
+    meta: list[tuple[Any, bytes, TraceIds | None]] = field(default_factory=list)
+    dead: list[tuple[Any, DecodeError]] = field(default_factory=list)
+    links: dict[str, list[Link]] = field(default_factory=dict)
+
+
+def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatch:
+    """Decode and validate records; keep each one's trace context and links."""
+    out = DecodedBatch()
+    for msg in messages:
+        try:
+            decoded = codec.decode_record(msg.value)
+        except DecodeError as e:
+            out.dead.append((msg, e))
+            continue
+        tctx = parse_traceparent(header(msg.headers, "traceparent"))
+        out.good.append(decoded.record)
+        out.meta.append((msg, decoded.fingerprint, tctx))
+        if tctx is not None:
+            tl = out.links.setdefault(msg.topic, [])
+            if len(tl) < MAX_LINKS:
+                tl.append(Link(remote_span_context(*tctx)))
+    return out
+
+
+async def _direct(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+async def store_batch(
+    store: PostgresEventStore,
+    batch: DecodedBatch,
+    *,
+    run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] = _direct,
+) -> tuple[AppendResult, list[dict[str, Any]]]:
+    """The event store's database steps for one decoded batch: partitions,
+    lifecycle flags against stored terminal events, idempotent append.
+
+    ``run`` wraps each step (the consumer pauses fetching and retries there).
+    Returns the append result and the records flagged as lifecycle violations.
+    """
+    good = batch.good
+    first_us = min(r["frame_timestamp"] for r in good)
+    last_us = max(r["frame_timestamp"] for r in good)
+    days = {from_micros(r["frame_timestamp"]).date() for r in good}
+    await run(lambda: store.ensure_partitions(days))
+    frames = sorted(
+        {r["frame_id"] for r in good if r["event_type"] in TERMINAL or r["event_type"].startswith("Stage")}
+    )
+    stored_terminals: dict[str, list[tuple[str, str, int]]] = {}
+    if frames:
+        stored_terminals = await run(
+            lambda: store.stored_terminals(frames, from_micros(first_us), from_micros(last_us))
+        )
+    flag_batch(good, stored_terminals)
+    rows = [
+        record_to_row(
+            rec,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            fingerprint=fp,
+            trace_id=tctx[0] if tctx else None,
+            span_id=tctx[1] if tctx else None,
+        )
+        for rec, (msg, fp, tctx) in zip(good, batch.meta, strict=True)
+    ]
+    result = await run(lambda: store.append(rows))
+    return result, [r for r in good if r.get("lifecycle_flag")]
 
 
 @dataclass
@@ -240,28 +319,11 @@ class EventStoreConsumer:
         """Make one batch durable, then commit it. Returns False if abandoned."""
         assert self._consumer is not None and self._store is not None and self._dlq is not None
         t0 = time.perf_counter()
-        good: list[dict[str, Any]] = []
-        meta: list[tuple[Any, bytes, tuple[str, str, int] | None]] = []
-        dead: list[tuple[Any, DecodeError]] = []
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        links: dict[str, list[Link]] = {}
-        n = 0
-        for tp, msgs in batch.items():
-            n += len(msgs)
-            offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "")
-            for msg in msgs:
-                try:
-                    decoded = self.codec.decode_record(msg.value)
-                except DecodeError as e:
-                    dead.append((msg, e))
-                    continue
-                tctx = parse_traceparent(header(msg.headers, "traceparent"))
-                good.append(decoded.record)
-                meta.append((msg, decoded.fingerprint, tctx))
-                if tctx is not None:
-                    tl = links.setdefault(msg.topic, [])
-                    if len(tl) < MAX_LINKS:
-                        tl.append(Link(remote_span_context(*tctx)))
+        offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
+        n = sum(len(msgs) for msgs in batch.values())
+        decoded = decode_batch(self.codec, (m for msgs in batch.values() for m in msgs))
+        dead = decoded.dead
+        links = decoded.links
 
         spans = [
             self._tracer.start_span(
@@ -283,37 +345,12 @@ class EventStoreConsumer:
         try:
             if dead:
                 await self._retry_kafka(lambda: self._dlq.send_all(dead))  # type: ignore[union-attr]
-            if good:
-                days = {from_micros(r["frame_timestamp"]).date() for r in good}
-                await self._durable(lambda: self._store.ensure_partitions(days))  # type: ignore[union-attr]
-                terminal_frames = sorted(
-                    {r["frame_id"] for r in good if r["event_type"] in TERMINAL}
-                    | {r["frame_id"] for r in good if r["event_type"].startswith("Stage")}
-                )
-                stored_terminals: dict[str, list[tuple[str, str, int]]] = {}
-                if terminal_frames:
-                    stored_terminals = await self._durable(
-                        lambda: self._store.stored_terminals(terminal_frames)  # type: ignore[union-attr]
-                    )
-                flagged = flag_batch(good, stored_terminals)
+            if decoded.good:
+                result, flagged = await store_batch(self._store, decoded, run=self._durable)
                 if flagged:
-                    self.stats.flagged += flagged
-                    for rec in good:
-                        if rec.get("lifecycle_flag"):
-                            metrics.events_flagged.labels(rec["event_type"]).inc()
-                rows = [
-                    record_to_row(
-                        rec,
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        fingerprint=fp,
-                        trace_id=tctx[0] if tctx else None,
-                        span_id=tctx[1] if tctx else None,
-                    )
-                    for rec, (msg, fp, tctx) in zip(good, meta, strict=True)
-                ]
-                result = await self._durable(lambda: self._store.append(rows))  # type: ignore[union-attr]
+                    self.stats.flagged += len(flagged)
+                    for rec in flagged:
+                        metrics.events_flagged.labels(rec["event_type"]).inc()
                 self._observe(result.inserted)
                 self.stats.stored += len(result.inserted)
                 self.stats.duplicates += result.duplicates

@@ -53,9 +53,12 @@ _MOVE_STAGED = (
     "ON CONFLICT DO NOTHING "
     "RETURNING event_type, camera_id, stage, duration_ms, error_type, trace_id, span_id"
 )
+# Bounded by the batch's capture times: partition (or chunk) pruning keeps this
+# to the days the batch touches instead of every partition's index.
 _STORED_TERMINALS = (
     "SELECT frame_id, event_id::text AS event_id, event_type, occurred_at FROM frame_events "
-    "WHERE frame_id = ANY($1::text[]) AND event_type = ANY($2::text[])"
+    "WHERE frame_id = ANY($1::text[]) AND event_type = ANY($2::text[]) "
+    "AND frame_timestamp BETWEEN $3 AND $4"
 )
 
 
@@ -125,12 +128,15 @@ class PostgresEventStore:
         await call_db(run)
         self._known_days |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
 
-    async def stored_terminals(self, frame_ids: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
+    async def stored_terminals(
+        self, frame_ids: Sequence[str], first: datetime, last: datetime
+    ) -> dict[str, list[tuple[str, str, int]]]:
+        """Terminal events already stored for these frames (captured in [first, last])."""
         from tracker.events import to_micros
 
         async def run() -> list[asyncpg.Record]:
             async with self._pool.acquire() as conn:
-                return await conn.fetch(_STORED_TERMINALS, list(frame_ids), list(TERMINAL))
+                return await conn.fetch(_STORED_TERMINALS, list(frame_ids), list(TERMINAL), first, last)
 
         out: dict[str, list[tuple[str, str, int]]] = {}
         for r in await call_db(run):
