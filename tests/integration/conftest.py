@@ -112,3 +112,11 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():  # type: ignore[no-untyped-def]
+    from tests.integration.procs import kill_leftovers
+
+    yield
+    kill_leftovers()

@@ -12,6 +12,15 @@ from pathlib import Path
 from tests.integration.helpers import ROOT, env_for
 from tracker.config import Settings
 
+_started: list[Proc] = []
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every process a test started and did not stop (a failed test
+    must not leave workers running into the next test, or into CI's end)."""
+    while _started:
+        _started.pop().kill()
+
 
 class Proc:
     """One ``tracker ...`` process; ``kill()`` is SIGKILL, ``stop()`` SIGTERM."""
@@ -31,6 +40,7 @@ class Proc:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+        _started.append(self)
         return self
 
     @property
