@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tracker.errors import ConfigError
 
-DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:39092"
-DEFAULT_DATABASE_URL = "postgresql://tracker:tracker@127.0.0.1:35432/tracker"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:29092"
+DEFAULT_DATABASE_URL = "postgresql://tracker:tracker@127.0.0.1:25432/tracker"
 DEFAULT_TRACE_URL_TEMPLATE = "http://localhost:16686/trace/{trace_id}"
 
 

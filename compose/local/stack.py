@@ -371,8 +371,12 @@ class Kafka:
 
     def __init__(self) -> None:
         self.version = os.environ.get("STACK_KAFKA_VERSION", "").strip() or _pom_property("kafka.version")
-        self.port = _env_port("STACK_KAFKA_PORT", 39092)
-        self.controller_port = _env_port("STACK_KAFKA_CONTROLLER_PORT", 39093)
+        # Below Linux's ephemeral range (32768-60999): a service port inside it can
+        # be taken, while the service is down, by a client's own outgoing socket
+        # (even a TCP self-connect to that very port), and the restart then fails
+        # with "address already in use".
+        self.port = _env_port("STACK_KAFKA_PORT", 29092)
+        self.controller_port = _env_port("STACK_KAFKA_CONTROLLER_PORT", 29093)
         if self.port == self.controller_port:
             die("STACK_KAFKA_PORT and STACK_KAFKA_CONTROLLER_PORT must differ")
         self.home = STACK / "kafka"
@@ -670,7 +674,7 @@ class Postgres:
     user, password, db = "tracker", "tracker", "tracker"
 
     def __init__(self) -> None:
-        self.port = _env_port("STACK_PG_PORT", 35432)
+        self.port = _env_port("STACK_PG_PORT", 25432)
         self.pointer = STACK / "pg-location"
         self._bindir: Path | None = None
         self._set_paths()

@@ -705,14 +705,14 @@ BREAKAGES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
     (
         "trackers",
         "wrong kafka port",
-        _mutate("services.tracker-api.environment.TRACKER_KAFKA_BOOTSTRAP", "kafka:39092"),
+        _mutate("services.tracker-api.environment.TRACKER_KAFKA_BOOTSTRAP", "kafka:29092"),
     ),
     (
         "trackers",
         "db host not a service",
         _mutate(
             "services.tracker-api.environment.TRACKER_DATABASE_URL",
-            "postgresql://tracker:tracker@127.0.0.1:35432/tracker",
+            "postgresql://tracker:tracker@127.0.0.1:25432/tracker",
         ),
     ),
     (
@@ -736,7 +736,7 @@ BREAKAGES: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
         "advertised unknown host",
         _mutate(
             "services.kafka.environment.KAFKA_ADVERTISED_LISTENERS",
-            "PLAINTEXT://broker:9092,EXTERNAL://localhost:39092",
+            "PLAINTEXT://broker:9092,EXTERNAL://localhost:29092",
         ),
     ),
     (
@@ -847,7 +847,7 @@ def _grafana_breakages() -> list[tuple[str, Callable[[Any, Any], None]]]:
         ("exemplars to nothing", exemplar("tempo")),
         ("no exemplars", ds("tracker-prom", "jsonData", {})),
         ("url not a service", ds("tracker-prom", "url", "http://localhost:9090")),
-        ("url wrong port", ds("tracker-pg", "url", "timescaledb:35432")),
+        ("url wrong port", ds("tracker-pg", "url", "timescaledb:25432")),
         ("pg no password", ds("tracker-pg", "secureJsonData", {})),
         (
             "dashboards path",

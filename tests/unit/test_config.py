@@ -61,3 +61,19 @@ def test_secrets_are_masked_everywhere() -> None:
 def test_bad_settings_are_clear_errors(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="TRACKER_"):
         Settings.from_env(env)
+
+
+def test_default_ports_match_the_local_stack_and_avoid_the_ephemeral_range() -> None:
+    """A service port inside Linux's ephemeral range (32768-60999) can be taken
+    by a client socket while the service restarts (seen: Kafka failed to bind
+    after a restart). The tracker's defaults must be the stack's ports."""
+    import re
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    stack = (Path(__file__).resolve().parents[2] / "compose/local/stack.py").read_text()
+    ports = {name: int(port) for name, port in re.findall(r'_env_port\("(STACK_\w+)", (\d+)\)', stack)}
+    kafka_port = int(DEFAULT_KAFKA_BOOTSTRAP.rsplit(":", 1)[1])
+    pg_port = urlsplit(DEFAULT_DATABASE_URL).port
+    assert ports["STACK_KAFKA_PORT"] == kafka_port and ports["STACK_PG_PORT"] == pg_port
+    assert all(p < 32768 for p in ports.values()), ports
