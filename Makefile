@@ -57,6 +57,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install stack-up
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

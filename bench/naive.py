@@ -1,0 +1,79 @@
+"""The baseline: a straightforward consumer, configured by TRACKER_*.
+
+For each record: decode it with our codec, INSERT its row into frame_events in
+a transaction of its own (autocommit), then commit the record's offset. No
+batching, no COPY. Stops after ``--limit`` records.
+
+    python -m bench.naive --limit 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tracker.codec import FrameEventCodec
+from tracker.config import Settings
+from tracker.kafka import client_kwargs
+from tracker.store import COLUMNS, record_to_row
+from tracker.telemetry import header, parse_traceparent
+
+_COLS = ", ".join(f'"{c}"' for c in COLUMNS)
+INSERT = (
+    f"INSERT INTO frame_events ({_COLS}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) ON CONFLICT DO NOTHING"
+)
+
+
+async def run(settings: Settings, limit: int) -> dict[str, float]:
+    codec = FrameEventCodec()
+    conn = await asyncpg.connect(settings.database_url.get())
+    consumer = AIOKafkaConsumer(
+        *settings.event_topics,
+        **client_kwargs(settings),
+        group_id=settings.event_store_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    n = 0
+    t0 = None
+    try:
+        while n < limit:
+            msg = await consumer.getone()
+            if t0 is None:
+                t0 = time.perf_counter()
+            d = codec.decode_record(msg.value)
+            tctx = parse_traceparent(header(msg.headers, "traceparent"))
+            row = record_to_row(
+                d.record,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                fingerprint=d.fingerprint,
+                trace_id=tctx[0] if tctx else None,
+                span_id=tctx[1] if tctx else None,
+            )
+            await conn.execute(INSERT, *row)
+            await consumer.commit({TopicPartition(msg.topic, msg.partition): msg.offset + 1})
+            n += 1
+    finally:
+        await consumer.stop()
+        await conn.close()
+    return {"records": n, "seconds": time.perf_counter() - (t0 or time.perf_counter())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.naive")
+    ap.add_argument("--limit", type=int, required=True)
+    a = ap.parse_args()
+    print(json.dumps(asyncio.run(run(Settings.from_env(), a.limit))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Benchmark sizes. ``BENCH_SCALE`` picks one; ``default`` is the one the figures are about.
+
+Sizes fixed by the issue (default scale): at least 1,000,000 events for ingest,
+replay and memory; at least 10,000,000 stored events for the queries; three
+repetitions per figure; 5,000 events/s offered for freshness. Everything else
+(how many records the slow baselines get, how long freshness runs, the second
+backlog size of the memory scenario) is chosen so that a default run stays
+within about 25 minutes on the 2-core reference machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    events: int  # the pre-loaded source topics: ingest, limits, replay, memory (large backlog)
+    reps: int  # repetitions per figure (median reported, spread alongside)
+    naive_records: int  # the naive baseline is slow: it gets a prefix of the same records
+    quix_records: int  # the Quix Streams peer: a prefix of the same records (0 = all)
+    memory_small_events: int  # second backlog size of the memory scenario
+    memory_reps: int
+    fresh_rate_eps: int  # offered load of the freshness scenario
+    fresh_duration_s: float
+    fresh_warmup_s: float
+    fresh_sample_every: int  # probe one frame in N
+    query_events: int  # events stored for the query scenario
+    query_calls: int  # calls per query kind and repetition
+    replay_reps: int
+    cameras: int = 50  # simulated mix of the pre-loaded records: 50 cameras x 10 fps
+    fps: float = 10.0
+    timeout_s: float = 1800.0  # per worker run
+    background_probe_s: float = 1.0  # how long to watch the machine's load before each scenario
+
+    def with_overrides(self, **kw: object) -> Scale:
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+
+SCALES = {
+    # The figures. Issue-fixed sizes: events >= 1M, query_events >= 10M, reps >= 3.
+    "default": Scale(
+        name="default",
+        events=1_000_000,
+        reps=3,
+        naive_records=3_000,
+        quix_records=200_000,
+        memory_small_events=250_000,
+        memory_reps=1,
+        fresh_rate_eps=5_000,
+        fresh_duration_s=45.0,
+        fresh_warmup_s=10.0,
+        fresh_sample_every=4,
+        query_events=10_000_000,
+        query_calls=100,
+        replay_reps=3,
+    ),
+    # Every scenario, about two minutes.
+    "small": Scale(
+        name="small",
+        events=20_000,
+        reps=3,
+        naive_records=300,
+        quix_records=0,
+        memory_small_events=5_000,
+        memory_reps=1,
+        fresh_rate_eps=5_000,
+        fresh_duration_s=10.0,
+        fresh_warmup_s=3.0,
+        fresh_sample_every=4,
+        query_events=200_000,
+        query_calls=50,
+        replay_reps=3,
+    ),
+    # The test of the harness itself (tests/integration/test_bench.py): seconds,
+    # one repetition; the figures mean nothing.
+    "tiny": Scale(
+        name="tiny",
+        events=4_000,
+        reps=1,
+        naive_records=100,
+        quix_records=0,
+        memory_small_events=1_000,
+        memory_reps=1,
+        fresh_rate_eps=1_000,
+        fresh_duration_s=2.0,
+        fresh_warmup_s=0.5,
+        fresh_sample_every=2,
+        query_events=20_000,
+        query_calls=10,
+        replay_reps=1,
+        cameras=10,
+        timeout_s=120.0,
+        background_probe_s=0.2,
+    ),
+}
+
+
+def scale_from_env(name: str | None = None) -> Scale:
+    name = name or os.environ.get("BENCH_SCALE") or "default"
+    if name not in SCALES:
+        raise SystemExit(f"BENCH_SCALE={name!r}: expected one of {', '.join(SCALES)}")
+    return SCALES[name]
