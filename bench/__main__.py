@@ -122,7 +122,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` (a full run) with the scenarios that ``new`` ran replaced by ``new``'s."""
-    ran = [s for s in new["scenarios_run"] if s in SCENARIOS]
+    # A scenario that failed again keeps its earlier figures.
+    failed = [s for s in new["scenarios_run"] if s in new.get("notes", {})]
+    ran = [s for s in new["scenarios_run"] if s in SCENARIOS and s not in failed]
     for name in ran:
         for k in KEYS:
             if k.scenario != name:
@@ -142,7 +144,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     derive(old, old.setdefault("details", {}))
     old["targets"] = report.targets(old)
     old.setdefault("updates", []).append(
-        {"scenarios": ran, "started_at": new["started_at"], "duration_s": new["duration_s"]}
+        {"scenarios": ran, "failed": failed, "started_at": new["started_at"], "duration_s": new["duration_s"]}
     )
     return old
 
