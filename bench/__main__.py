@@ -28,7 +28,7 @@ from typing import Any
 from bench import infra, report
 from bench.infra import ROOT, Stack, log
 from bench.scales import SCALES, scale_from_env
-from bench.scenarios import KEYS, SCENARIOS, Bench, derive
+from bench.scenarios import DERIVED, KEYS, SCENARIOS, Bench, derive
 from tracker.config import Settings
 
 NEEDS_SOURCE = {"limits", "baseline", "peers", "ingest", "replay", "memory", "profile"}
@@ -141,7 +141,10 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if name in new.get("notes", {}):
             old["notes"][name] = new["notes"][name]
         old.setdefault("scenario_durations_s", {})[name] = new.get("scenario_durations_s", {}).get(name)
-    derive(old, old.setdefault("details", {}))
+    for k in DERIVED:
+        old.pop(f"{k}_note", None)
+    for k, note in derive(old, old.setdefault("details", {})).items():
+        old[f"{k}_note"] = note
     old["targets"] = report.targets(old)
     old.setdefault("updates", []).append(
         {"scenarios": ran, "failed": failed, "started_at": new["started_at"], "duration_s": new["duration_s"]}

@@ -106,7 +106,7 @@ SCENARIOS = (
     "memory",
 )
 # Keys that may be null, provided a "<key>_note" says why.
-NULLABLE = ("peer_connect_eps", "peer_quix_eps")
+NULLABLE = ("peer_connect_eps", "peer_quix_eps", "ratio_vs_naive", "ratio_vs_limit", "store_vs_quix")
 
 
 @dataclass
@@ -765,14 +765,19 @@ class Bench:
 
     # ---- derived ------------------------------------------------------------------------
     def derive(self) -> None:
-        derive(self.figures, self.details)
+        for k in DERIVED:
+            self.notes.pop(k, None)
+        self.notes.update(derive(self.figures, self.details))
 
 
 DERIVED = ("ratio_vs_naive", "ratio_vs_limit", "store_vs_quix")
 
 
-def derive(f: dict[str, Any], details: dict[str, Any]) -> None:
-    """The ratios, from figures that may come from different scenarios."""
+def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
+    """The ratios, from figures that may come from different scenarios.
+
+    Returns a note for each ratio left null, naming the figure it lacks.
+    """
     pipe = f.get("pipeline_eps")
     for k in DERIVED:
         f[k] = None
@@ -785,6 +790,16 @@ def derive(f: dict[str, Any], details: dict[str, Any]) -> None:
         details.setdefault("ingest", {})["binding_limit"] = binding
     if f.get("store_eps") and f.get("peer_quix_eps"):
         f["store_vs_quix"] = round(f["store_eps"] / f["peer_quix_eps"], 2)
+    inputs = {
+        "ratio_vs_naive": ("pipeline_eps", "naive_eps"),
+        "ratio_vs_limit": ("pipeline_eps", *lims),
+        "store_vs_quix": ("store_eps", "peer_quix_eps"),
+    }
+    return {
+        k: "not computed: " + ", ".join(i for i in inputs[k] if not f.get(i)) + " not measured"
+        for k in DERIVED
+        if f[k] is None
+    }
 
 
 def _host_facts() -> dict[str, str]:

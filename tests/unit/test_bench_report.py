@@ -1,0 +1,72 @@
+"""The benchmark's derived ratios and its completeness check (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.__main__ import merge
+from bench.report import missing_keys
+from bench.scenarios import KEYS, derive
+
+
+def full_result() -> dict[str, Any]:
+    result: dict[str, Any] = {k.name: 1.0 for k in KEYS}
+    result.update(
+        pipeline_eps=1000.0,
+        naive_eps=100.0,
+        limit_consume_eps=4000.0,
+        limit_decode_eps=2000.0,
+        limit_copy_rows_s=3000.0,
+        store_eps=900.0,
+        peer_quix_eps=600.0,
+    )
+    return result
+
+
+def test_derive_computes_every_ratio_from_its_inputs() -> None:
+    f = full_result()
+    details: dict[str, Any] = {}
+    notes = derive(f, details)
+    assert notes == {}
+    assert f["ratio_vs_naive"] == 10.0
+    assert f["ratio_vs_limit"] == 0.5
+    assert details["ingest"]["binding_limit"] == "limit_decode_eps"
+    assert f["store_vs_quix"] == 1.5
+
+
+def test_a_ratio_without_its_peer_is_null_with_a_note_naming_what_is_missing() -> None:
+    f = full_result()
+    f["peer_quix_eps"] = None
+    f["peer_quix_eps_note"] = "quixstreams is not installed"
+    for k, note in derive(f, {}).items():
+        f[f"{k}_note"] = note
+    assert f["store_vs_quix"] is None
+    assert "peer_quix_eps" in f["store_vs_quix_note"]
+    assert missing_keys(f) == []
+
+
+def test_a_null_figure_without_a_note_is_reported_missing() -> None:
+    f = full_result()
+    derive(f, {})
+    f["pipeline_eps"] = None
+    f["store_vs_quix"] = None
+    assert missing_keys(f) == ["pipeline_eps", "store_vs_quix"]
+
+
+def test_merge_recomputes_ratios_and_replaces_their_notes() -> None:
+    old = full_result()
+    old["peer_quix_eps"] = None
+    for k, note in derive(old, {}).items():
+        old[f"{k}_note"] = note
+    assert old["store_vs_quix"] is None
+    new = {
+        "scenarios_run": ["peers"],
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "peer_quix_eps": 450.0,
+        "peer_connect_eps": 1.0,
+    }
+    merged = merge(old, new)
+    assert merged["store_vs_quix"] == 2.0
+    assert "store_vs_quix_note" not in merged
+    assert missing_keys(merged) == []
