@@ -348,6 +348,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         TRACKER_TOPIC_PREFIX=settings.topic_prefix,
         TRACKER_GROUP_PREFIX=settings.group_prefix,
         TRACKER_TOPIC_PARTITIONS=str(settings.topic_partitions),
+        TRACKER_BATCH_MAX_RECORDS=str(settings.batch_max_records),
+        TRACKER_BATCH_TIMEOUT_MS=str(settings.batch_timeout_ms),
+        TRACKER_BATCH_LINGER_MS=str(settings.batch_linger_ms),
         PYTHONPATH=os.pathsep.join(
             p
             for p in dict.fromkeys([str(CODE_ROOT), str(ROOT), *env.get("PYTHONPATH", "").split(os.pathsep)])
@@ -599,6 +602,9 @@ class Stack:
             topic_prefix=prefix,
             group_prefix=self.group_prefix(what),
             topic_partitions=self.base.topic_partitions,
+            batch_max_records=self.base.batch_max_records,
+            batch_timeout_ms=self.base.batch_timeout_ms,
+            batch_linger_ms=self.base.batch_linger_ms,
         )
         try:
             conn = await connect(settings)

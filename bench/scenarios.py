@@ -91,6 +91,7 @@ KEYS: tuple[Key, ...] = (
     Key("partitions", "per topic", "environment"),
     Key("batch_max_records", "records", "environment"),
     Key("batch_timeout_ms", "ms", "environment"),
+    Key("batch_linger_ms", "ms", "environment"),
     Key("cpu_count", "", "environment"),
     Key("git_commit", "", "environment"),
 )
@@ -257,6 +258,7 @@ class Bench:
             partitions=self.base.topic_partitions,
             batch_max_records=self.base.batch_max_records,
             batch_timeout_ms=self.base.batch_timeout_ms,
+            batch_linger_ms=self.base.batch_linger_ms,
             cpu_count=os.cpu_count() or 1,
             git_commit=commit,
         )

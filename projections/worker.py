@@ -31,7 +31,7 @@ from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.db import connect_pool, retry_while_unavailable
 from tracker.errors import BrokerError, DatabaseUnavailable
-from tracker.kafka import ensure_topics, make_consumer
+from tracker.kafka import ensure_topics, make_consumer, next_batch
 from tracker.progress import ProgressSampler, periodically
 
 log = logging.getLogger(__name__)
@@ -162,10 +162,7 @@ class ProjectionWorker:
             except TimeoutError:
                 raise BrokerError("no partitions assigned within the idle timeout") from None
         while not self._stopping.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self.settings.batch_timeout_ms,
-                max_records=self.settings.batch_max_records,
-            )
+            batch = await next_batch(consumer, self.settings, stopping=self._stopping)
             if batch:
                 async with self._batch_lock:
                     if not await self._process(batch):

@@ -102,9 +102,13 @@ class Settings:
     # (once running, it waits for an outage to end however long it lasts).
     startup_timeout_s: int = 60
 
-    # Event-store consumer batching.
+    # Worker batching. A batch closes at batch_max_records, or batch_linger_ms
+    # after its first record arrived: under a steady trickle that trades a few
+    # milliseconds of latency for batches large enough that the per-batch cost
+    # (transaction, round trips) stays small. 0 = take whatever is buffered.
     batch_max_records: int = 5000
     batch_timeout_ms: int = 100
+    batch_linger_ms: int = 50
 
     # HTTP API.
     api_host: str = "127.0.0.1"
@@ -174,6 +178,8 @@ class Settings:
             raise ConfigError("TRACKER_TOPIC_PARTITIONS must be >= 1")
         if self.batch_max_records < 1:
             raise ConfigError("TRACKER_BATCH_MAX_RECORDS must be >= 1")
+        if not 0 <= self.batch_linger_ms <= 10_000:
+            raise ConfigError("TRACKER_BATCH_LINGER_MS must be within 0..10000")
         if self.database_sslmode not in (
             "",
             "disable",

@@ -41,7 +41,7 @@ from tracker.errors import (
     ValidationError,
 )
 from tracker.events import from_micros
-from tracker.kafka import ensure_topics, make_consumer
+from tracker.kafka import ensure_topics, make_consumer, next_batch
 from tracker.lifecycle import TERMINAL, flag_batch
 from tracker.progress import ProgressSampler, periodically
 from tracker.store import AppendResult, PostgresEventStore, record_to_row
@@ -261,10 +261,7 @@ class EventStoreConsumer:
             except TimeoutError:
                 raise BrokerError("no partitions assigned within the idle timeout") from None
         while not self._stopping.is_set():
-            batch = await consumer.getmany(
-                timeout_ms=self.settings.batch_timeout_ms,
-                max_records=self.settings.batch_max_records,
-            )
+            batch = await next_batch(consumer, self.settings, stopping=self._stopping)
             if batch:
                 async with self._batch_lock:
                     done = await self._process(batch)

@@ -6,6 +6,7 @@ client of the project is made here so that SASL/TLS settings apply everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Iterable
@@ -77,6 +78,43 @@ def make_consumer(
         kw["group_instance_id"] = f"{settings.instance_id}:{group_id}"
     kw.update(overrides)
     return AIOKafkaConsumer(*topics, **client_kwargs(settings), **kw)
+
+
+async def next_batch(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> dict[TopicPartition, list[Any]]:
+    """The next batch: up to ``batch_max_records`` records, gathered for at most
+    ``batch_linger_ms`` after the first one arrived (``{}`` after
+    ``batch_timeout_ms`` without any).
+
+    ``getmany`` alone returns whatever is buffered, which under a steady trickle
+    means batches of a few records, each paying a whole transaction. Records of
+    one partition stay in offset order.
+    """
+    limit = settings.batch_max_records
+    batch = await consumer.getmany(timeout_ms=settings.batch_timeout_ms, max_records=limit)
+    if not batch or settings.batch_linger_ms <= 0:
+        return batch
+    n = sum(len(v) for v in batch.values())
+    deadline = asyncio.get_running_loop().time() + settings.batch_linger_ms / 1000
+    while n < limit and not (stopping is not None and stopping.is_set()):
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=limit - n)
+        for tp, msgs in more.items():
+            cur = batch.setdefault(tp, [])
+            if cur and msgs[0].offset <= cur[-1].offset:
+                # A rebalance re-positioned this partition meanwhile: what we
+                # held of it is stale and will be (or was) delivered again.
+                n -= len(cur)
+                cur.clear()
+            cur.extend(msgs)
+            n += len(msgs)
+    return batch
 
 
 def make_admin(settings: Settings) -> AIOKafkaAdminClient:
