@@ -19,6 +19,7 @@ from projections.fold import (
     CONFLICTED,
     FAILED,
     BatchFold,
+    FrameRow,
     ProjEvent,
     Rollup,
     fold,
@@ -245,3 +246,21 @@ def test_percentile_error_is_within_the_bucket() -> None:
     assert p50 is not None and 10 <= p50 <= 20  # true p50 is 12, bucket (10, 20]
     assert p99 is not None and 750 <= p99 <= 1000  # true p99 is 900, bucket (750, 1000]
     assert percentile_from_buckets([0] * N_BUCKETS, 0.5) is None
+
+
+def test_rows_built_by_the_fast_init_are_frozen_dataclasses() -> None:
+    import dataclasses
+
+    import pytest
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    e = ProjEvent("e1", "FrameCaptured", "f1", "cam", t, t)
+    assert (e.stage, e.attempt, e.attributes) == (None, 1, {})
+    assert ProjEvent("e2", "FrameCaptured", "f1", "cam", t, t).attributes is not e.attributes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.frame_id = "other"  # type: ignore[misc]
+    row = FrameRow(frame_id="f1", frame_timestamp=t, camera_id="cam")
+    assert row == FrameRow("f1", t, "cam") and hash(row) == hash(FrameRow("f1", t, "cam"))
+    assert replace(row, camera_id="b").camera_id == "b"
+    assert row.merge(replace(row, last_event_at=t)).last_event_at == t
+    assert replace(row, last_event_at=t).merge(row).last_event_at == t
