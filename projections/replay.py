@@ -20,6 +20,7 @@ generation's tables and its checkpoints are all durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from projections.events import STORE_COLUMNS, from_kafka, from_store
+from projections.fold import BatchFold
 from projections.store import PROJECTION, FramesProjectionStore
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
@@ -289,41 +291,58 @@ class ProjectionRebuild:
             # never swaps in a table emptier than the live one.
             target = await consumer.end_offsets(tps)
             last_report = 0.0
-            while not self._stopping.is_set():
-                live_gen = await store.live_generation()
-                live = await store.checkpoints(live_gen)
-                ends = await consumer.end_offsets(tps)
-                behind_live = sum(
-                    max(0, live.get((tp.topic, tp.partition), 0) - (expected[(tp.topic, tp.partition)] or 0))
-                    for tp in tps
-                )
-                to_end = sum(max(0, ends[tp] - (expected[(tp.topic, tp.partition)] or 0)) for tp in tps)
-                reached = all((expected[(tp.topic, tp.partition)] or 0) >= target[tp] for tp in tps)
-                if reached and behind_live <= self.swap_lag_threshold:
-                    return True
-                batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
-                if not batch:
-                    continue
-                events = []
-                positions = {}
-                for tp, msgs in batch.items():
-                    key = (tp.topic, tp.partition)
-                    positions[key] = (expected[key], msgs[-1].offset + 1)
-                    for m in msgs:
-                        e = from_kafka(self.codec, m)
-                        if e is not None:
-                            events.append(e)
-                await retry_while_unavailable(
-                    partial(store.apply, events, generation=gen, positions=positions)
-                )
-                for key, (_, new) in positions.items():
-                    expected[key] = new
-                self._applied += sum(len(m) for m in batch.values())
-                now = time.monotonic()
-                if now - last_report >= 1.0:
-                    last_report = now
-                    await self._progress(pool, rid, self._report(gen, "topics", to_end))
-            return False
+            # One batch is written while the next is fetched, decoded and folded.
+            # ``expected`` runs one batch ahead of what is durable; every exit
+            # waits for the write in flight first.
+            writing: asyncio.Task[Any] | None = None
+            try:
+                while not self._stopping.is_set():
+                    reached = all((expected[(tp.topic, tp.partition)] or 0) >= target[tp] for tp in tps)
+                    if reached and writing is not None:
+                        await writing
+                        writing = None
+                    live_gen = await store.live_generation()
+                    live = await store.checkpoints(live_gen)
+                    ends = await consumer.end_offsets(tps)
+                    at = {tp: expected[(tp.topic, tp.partition)] or 0 for tp in tps}
+                    behind_live = sum(max(0, live.get((tp.topic, tp.partition), 0) - at[tp]) for tp in tps)
+                    to_end = sum(max(0, ends[tp] - at[tp]) for tp in tps)
+                    if reached and behind_live <= self.swap_lag_threshold:
+                        return True
+                    batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+                    if not batch:
+                        continue
+                    events = []
+                    positions = {}
+                    for tp, msgs in batch.items():
+                        key = (tp.topic, tp.partition)
+                        positions[key] = (expected[key], msgs[-1].offset + 1)
+                        for m in msgs:
+                            e = from_kafka(self.codec, m)
+                            if e is not None:
+                                events.append(e)
+                    folded = BatchFold().extend(events)
+                    if writing is not None:
+                        await writing
+                    write = partial(
+                        store.apply_folded, folded, len(events), generation=gen, positions=positions
+                    )
+                    writing = asyncio.create_task(retry_while_unavailable(write))
+                    for key, (_, new) in positions.items():
+                        expected[key] = new
+                    self._applied += sum(len(m) for m in batch.values())
+                    now = time.monotonic()
+                    if now - last_report >= 1.0:
+                        last_report = now
+                        await self._progress(pool, rid, self._report(gen, "topics", to_end))
+                if writing is not None:
+                    await writing
+                    writing = None
+                return False
+            finally:
+                if writing is not None:
+                    with contextlib.suppress(Exception):
+                        await writing
         finally:
             await consumer.stop()
 

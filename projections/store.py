@@ -374,7 +374,25 @@ class FramesProjectionStore:
         ``(expected stored checkpoint, new checkpoint)``; a mismatch raises
         :class:`CheckpointConflict` and nothing is written.
         """
-        batch = BatchFold().extend(events)
+        return await self.apply_folded(
+            BatchFold().extend(events),
+            len(events),
+            generation=generation,
+            positions=positions,
+            check_live=check_live,
+        )
+
+    async def apply_folded(
+        self,
+        batch: BatchFold,
+        n_events: int,
+        *,
+        generation: int,
+        positions: Mapping[TopicPartitionKey, tuple[int | None, int]] | None = None,
+        check_live: bool = False,
+    ) -> ApplyResult:
+        """:meth:`apply` for ``n_events`` events already folded into ``batch``
+        (the CPU part, which a caller may do while the previous batch is written)."""
         await self.ensure_partitions(generation, [k[1] for k in batch.frames])
         s = self._s(generation)
 
@@ -404,7 +422,7 @@ class FramesProjectionStore:
                         _UPSERT_CHECKPOINT,
                         [(PROJECTION, generation, tp[0], tp[1], new) for tp, (_, new) in positions.items()],
                     )
-                return ApplyResult(result.frames, result.stages, len(events))
+                return ApplyResult(result.frames, result.stages, n_events)
 
         return await call_db(run)
 

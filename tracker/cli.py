@@ -444,8 +444,8 @@ async def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(a))
         return EXIT_OK
     print(
-        f"last {args.hours:g} h: {a['failed_frames']} of {a['frames']} frames failed "
-        f"({a['failure_rate']:.2%})"
+        f"last {args.hours:g} h (frames captured since {a['since']}): {a['failed_frames']} of "
+        f"{a['frames']} frames failed ({a['failure_rate']:.2%})"
     )
     if a["by_stage_error_camera"]:
         print(

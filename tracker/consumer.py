@@ -10,6 +10,7 @@ redelivered batch is harmless because appends are idempotent on event id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -143,6 +144,17 @@ class ConsumerStats:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Prepared:
+    """A fetched batch, decoded, waiting for its turn to be written."""
+
+    batch: dict[TopicPartition, list[Any]]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    records: int
+    decoded: DecodedBatch
+    decode_s: float
+
+
 class _Abandoned(Exception):
     """A batch given up uncommitted because a stop was requested mid-outage."""
 
@@ -260,16 +272,34 @@ class EventStoreConsumer:
                 await asyncio.wait_for(self._assigned_once.wait(), idle_timeout_s)
             except TimeoutError:
                 raise BrokerError("no partitions assigned within the idle timeout") from None
-        while not self._stopping.is_set():
-            batch = await next_batch(consumer, self.settings, stopping=self._stopping)
-            if batch:
-                async with self._batch_lock:
-                    done = await self._process(batch)
-                if not done:  # stop requested while the database was down
+        # Two batches in hand at most: while one is written (PostgreSQL busy), the
+        # next is fetched and decoded (this process busy). Writes, and so offset
+        # commits, still happen one batch at a time and in order.
+        writing: asyncio.Task[bool] | None = None
+        try:
+            while not self._stopping.is_set():
+                batch = await next_batch(consumer, self.settings, stopping=self._stopping)
+                if batch:
+                    prepared = self._prepare(batch)
+                    if writing is not None and not await writing:
+                        writing = None
+                        break  # stop requested while the database was down
+                    writing = asyncio.create_task(self._write_locked(prepared))
+                    continue
+                if writing is not None:
+                    done, writing = await writing, None
+                    if not done:
+                        break
+                    await self._update_lag()
+                elif until_idle and await self._caught_up():
                     break
-                await self._update_lag()
-            elif until_idle and await self._caught_up():
-                break
+            if writing is not None:
+                await writing
+                writing = None
+        finally:
+            if writing is not None:  # leaving on an error: let the write end first
+                with contextlib.suppress(Exception):
+                    await writing
         await self._progress.maybe_sample(self._pool, force=True)
         return self.stats
 
@@ -312,13 +342,29 @@ class EventStoreConsumer:
             give_up_after_s=self.settings.startup_timeout_s if startup else None,
         )
 
-    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> bool:
-        """Make one batch durable, then commit it. Returns False if abandoned."""
-        assert self._consumer is not None and self._store is not None and self._dlq is not None
+    def _prepare(self, batch: dict[TopicPartition, list[Any]]) -> _Prepared:
+        """The CPU part of a batch: decoding and validation."""
         t0 = time.perf_counter()
-        offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
-        n = sum(len(msgs) for msgs in batch.values())
-        decoded = decode_batch(self.codec, (m for msgs in batch.values() for m in msgs))
+        return _Prepared(
+            batch=batch,
+            offsets={tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()},
+            records=sum(len(msgs) for msgs in batch.values()),
+            decoded=decode_batch(self.codec, (m for msgs in batch.values() for m in msgs)),
+            decode_s=time.perf_counter() - t0,
+        )
+
+    async def _write_locked(self, prepared: _Prepared) -> bool:
+        async with self._batch_lock:
+            done = await self._write(prepared)
+        if done:
+            await self._update_lag()
+        return done
+
+    async def _write(self, prepared: _Prepared) -> bool:
+        """Make one decoded batch durable, then commit it. Returns False if abandoned."""
+        assert self._consumer is not None and self._store is not None and self._dlq is not None
+        t0 = time.perf_counter() - prepared.decode_s
+        batch, offsets, n, decoded = prepared.batch, prepared.offsets, prepared.records, prepared.decoded
         dead = decoded.dead
         links = decoded.links
 

@@ -47,12 +47,24 @@ def translate(e: BaseException) -> StorageError:
     if isinstance(e, asyncpg.InterfaceError):
         # Connection closed under us, pool closing, etc.
         return DatabaseUnavailable(f"database connection lost: {e}")
+    if isinstance(e, asyncpg.exceptions.InternalClientError):
+        # The server ended the session mid-transaction (a shutdown) and the pool's
+        # reset of that connection met its unfinished protocol state
+        # (MagicStack/asyncpg#784). The pool discards the connection; the next
+        # attempt gets a fresh one.
+        return DatabaseUnavailable(f"database connection lost mid-operation: {e}")
     if sqlstate and (sqlstate[:2] in _RETRIABLE_PREFIXES or sqlstate in _RETRIABLE_CODES):
         return DatabaseUnavailable(f"{type(e).__name__}: {e}", sqlstate=sqlstate)
     return StorageError(f"{type(e).__name__}: {e}", sqlstate=sqlstate)
 
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 async def call_db(fn: Callable[[], Awaitable[T]]) -> T:

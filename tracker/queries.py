@@ -105,20 +105,23 @@ WHERE m.frame_timestamp >= $1 AND m.total_processing_time_ms >= $2
 ORDER BY m.total_processing_time_ms DESC, m.frame_id
 LIMIT $4
 """
+# Failed frames come from frame_metadata (the partial index on failed_at keeps
+# that to the failed rows); the frames they are a share of come from the hourly
+# rollup, which the projection keeps exact, instead of counting every frame of
+# the window. Hence the window starts on an hour, as the other rollup reads do.
 _FAILURES = """
-WITH frames AS (
-    SELECT camera_id, count(*) AS frames
-    FROM frame_metadata WHERE frame_timestamp >= $1 GROUP BY camera_id
-)
 SELECT coalesce(m.error_stage, '(none)') AS stage, m.error_type, m.camera_id,
-       count(*) AS failures, f.frames,
+       count(*) AS failures,
        min(m.failed_at) AS first_seen, max(m.failed_at) AS last_seen,
        (array_agg(m.frame_id ORDER BY m.failed_at DESC))[1] AS sample_frame_id,
        (array_agg(m.last_trace_id ORDER BY m.failed_at DESC))[1] AS sample_trace_id
-FROM frame_metadata m JOIN frames f USING (camera_id)
+FROM frame_metadata m
 WHERE m.frame_timestamp >= $1 AND m.failed_at IS NOT NULL
-GROUP BY 1, 2, 3, f.frames
+GROUP BY 1, 2, 3
 ORDER BY failures DESC, stage, m.error_type, m.camera_id
+"""
+_FRAMES_PER_CAMERA = """
+SELECT camera_id, sum(frames) AS frames FROM frame_stats_hourly WHERE hour >= $1 GROUP BY camera_id
 """
 _STAGE_FAILURES = """
 SELECT stage, error_type, count(*) AS failures, min(finished_at) AS first_seen,
@@ -346,16 +349,15 @@ class FrameTrackingQueries:
 
     async def get_failure_analysis(self, hours: float) -> dict[str, Any]:
         check_hours(hours)
-        since = datetime.now(UTC) - timedelta(hours=hours)
+        since = _hour_floor(datetime.now(UTC) - timedelta(hours=hours))
         rows = await self._fetch(_FAILURES, since)
         stage_rows = await self._fetch(_STAGE_FAILURES, since)
-        frames_total = await self._fetch(
-            "SELECT count(*) FROM frame_metadata WHERE frame_timestamp >= $1", since
-        )
-        total = int(frames_total[0][0])
+        per_camera = {r["camera_id"]: int(r["frames"]) for r in await self._fetch(_FRAMES_PER_CAMERA, since)}
+        total = sum(per_camera.values())
         failed = sum(int(r["failures"]) for r in rows)
         return {
             "window_hours": hours,
+            "since": _iso(since),
             "frames": total,
             "failed_frames": failed,
             "failure_rate": round(failed / total, 6) if total else 0.0,
@@ -365,7 +367,9 @@ class FrameTrackingQueries:
                     "error_type": r["error_type"],
                     "camera_id": r["camera_id"],
                     "failures": int(r["failures"]),
-                    "rate": round(int(r["failures"]) / int(r["frames"]), 6) if r["frames"] else None,
+                    "rate": round(int(r["failures"]) / per_camera[r["camera_id"]], 6)
+                    if per_camera.get(r["camera_id"])
+                    else None,
                     "first_seen": _iso(r["first_seen"]),
                     "last_seen": _iso(r["last_seen"]),
                     "sample_frame_id": r["sample_frame_id"],

@@ -71,9 +71,13 @@ async def test_slow_failures_and_stats_agree_with_the_tables(filled: FrameTracki
     fa = await filled.get_failure_analysis(24)
     n_failed = await db.fetchval("SELECT count(*) FROM frame_metadata WHERE state = 'failed'")
     assert fa["failed_frames"] == n_failed > 0 and fa["frames"] == 240
+    per_camera = dict(await db.fetch("SELECT camera_id, count(*) FROM frame_metadata GROUP BY 1"))
     for row in fa["by_stage_error_camera"]:
         assert row["sample_frame_id"] and 0 < row["rate"] <= 1
+        # The rollup's frame counts are the tables' own.
+        assert row["rate"] == round(row["failures"] / per_camera[row["camera_id"]], 6)
         assert row["first_seen"] <= row["last_seen"]
+    assert fa["since"].endswith(":00:00Z")
     assert sum(r["failures"] for r in fa["by_stage_error_camera"]) == n_failed
 
     cams = await filled.get_camera_stats(1)
@@ -108,6 +112,7 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         ("journey_stages", qm._JOURNEY_STAGES, ["f"]),
         ("slow", qm._SLOW, [since, 100.0, None, 10]),
         ("failures", qm._FAILURES, [since]),
+        ("failure_frames", qm._FRAMES_PER_CAMERA, [since]),
         ("stage_failures", qm._STAGE_FAILURES, [since]),
         ("camera_stats", qm._CAMERA_STATS, [since]),
         ("stage_stats", qm._STAGE_STATS, [since]),
