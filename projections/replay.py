@@ -205,22 +205,42 @@ class ProjectionRebuild:
                 'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
             )
             chunk: list[Any] = []
-            async for row in conn.cursor(
-                f"SELECT {STORE_COLUMNS} FROM frame_events {where}", *args, prefetch=self.batch_size
-            ):
-                chunk.append(from_store(row))
-                if len(chunk) >= self.batch_size:
-                    await retry_while_unavailable(partial(store.apply, chunk, generation=gen))
-                    self._applied += len(chunk)
-                    chunk = []
-                    await self._progress(pool, rid, self._report(gen, "store", total - self._applied))
-                    if self._stopping.is_set():
-                        # No checkpoints yet: a resumed rebuild redoes this phase
-                        # (idempotently) before it continues from the topics.
-                        raise _Interrupted
-            if chunk:
-                await retry_while_unavailable(partial(store.apply, chunk, generation=gen))
-                self._applied += len(chunk)
+            # A chunk is written while the next is read and folded (two connections).
+            writing: asyncio.Task[Any] | None = None
+
+            async def write(events: list[Any]) -> None:
+                nonlocal writing
+                folded = BatchFold().extend(events)
+                if writing is not None:
+                    await writing
+                    self._applied += writing.result().events
+                writing = asyncio.create_task(
+                    retry_while_unavailable(partial(store.apply_folded, folded, len(events), generation=gen))
+                )
+
+            try:
+                async for row in conn.cursor(
+                    f"SELECT {STORE_COLUMNS} FROM frame_events {where}", *args, prefetch=self.batch_size
+                ):
+                    chunk.append(from_store(row))
+                    if len(chunk) >= self.batch_size:
+                        await write(chunk)
+                        chunk = []
+                        await self._progress(pool, rid, self._report(gen, "store", total - self._applied))
+                        if self._stopping.is_set():
+                            # No checkpoints yet: a resumed rebuild redoes this phase
+                            # (idempotently) before it continues from the topics.
+                            raise _Interrupted
+                if chunk:
+                    await write(chunk)
+                if writing is not None:
+                    await writing
+                    self._applied += writing.result().events
+                    writing = None
+            finally:
+                if writing is not None:
+                    with contextlib.suppress(Exception):
+                        await writing
         positions: dict[tuple[str, int], tuple[int | None, int]] = {}
         for r in maxima:
             key = (r["topic"], r["partition"])

@@ -63,6 +63,9 @@ class DecodedBatch:
 
     good: list[dict[str, Any]] = field(default_factory=list)
     meta: list[tuple[Any, bytes, TraceIds | None]] = field(default_factory=list)
+    # ``frame_events`` rows of ``good``, built while decoding; their lifecycle
+    # flag (the last column) is set once the stored terminals are known.
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
     dead: list[tuple[Any, DecodeError]] = field(default_factory=list)
     links: dict[str, list[Link]] = field(default_factory=dict)
 
@@ -79,6 +82,17 @@ def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatc
         tctx = parse_traceparent(header(msg.headers, "traceparent"))
         out.good.append(decoded.record)
         out.meta.append((msg, decoded.fingerprint, tctx))
+        out.rows.append(
+            record_to_row(
+                decoded.record,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                fingerprint=decoded.fingerprint,
+                trace_id=tctx[0] if tctx else None,
+                span_id=tctx[1] if tctx else None,
+            )
+        )
         if tctx is not None:
             tl = out.links.setdefault(msg.topic, [])
             if len(tl) < MAX_LINKS:
@@ -116,18 +130,10 @@ async def store_batch(
             lambda: store.stored_terminals(frames, from_micros(first_us), from_micros(last_us))
         )
     flag_batch(good, stored_terminals)
-    rows = [
-        record_to_row(
-            rec,
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            fingerprint=fp,
-            trace_id=tctx[0] if tctx else None,
-            span_id=tctx[1] if tctx else None,
-        )
-        for rec, (msg, fp, tctx) in zip(good, batch.meta, strict=True)
-    ]
+    rows = list(batch.rows)
+    for i, rec in enumerate(good):
+        if rec.get("lifecycle_flag"):
+            rows[i] = (*rows[i][:-1], rec["lifecycle_flag"])
     result = await run(lambda: store.append(rows))
     return result, [r for r in good if r.get("lifecycle_flag")]
 
