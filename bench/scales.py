@@ -21,6 +21,9 @@ class Scale:
     reps: int  # repetitions per figure (median reported, spread alongside)
     naive_records: int  # the naive baseline is slow: it gets a prefix of the same records
     quix_records: int  # the Quix Streams peer: a prefix of the same records (0 = all)
+    # The Kafka Connect peer: a prefix of the same records (0 = all, -1 = not run:
+    # it needs ~100 MB of jars from Maven Central and a JVM).
+    connect_records: int
     memory_small_events: int  # second backlog size of the memory scenario
     memory_reps: int
     fresh_rate_eps: int  # offered load of the freshness scenario
@@ -47,6 +50,7 @@ SCALES = {
         reps=3,
         naive_records=3_000,
         quix_records=200_000,
+        connect_records=200_000,
         memory_small_events=250_000,
         memory_reps=1,
         fresh_rate_eps=5_000,
@@ -64,6 +68,7 @@ SCALES = {
         reps=3,
         naive_records=300,
         quix_records=0,
+        connect_records=0,
         memory_small_events=5_000,
         memory_reps=1,
         fresh_rate_eps=5_000,
@@ -82,6 +87,7 @@ SCALES = {
         reps=1,
         naive_records=100,
         quix_records=0,
+        connect_records=-1,
         memory_small_events=1_000,
         memory_reps=1,
         fresh_rate_eps=1_000,

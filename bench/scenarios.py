@@ -70,6 +70,7 @@ KEYS: tuple[Key, ...] = (
     Key("ratio_vs_naive", "x", "ingest", ">= 10", "pipeline_eps / naive_eps"),
     Key("ratio_vs_limit", "x", "ingest", ">= 0.5", "pipeline_eps / min(limits)"),
     Key("store_vs_quix", "x", "ingest", ">= 1.5", "store_eps / peer_quix_eps"),
+    Key("store_vs_connect", "x", "ingest", ">= 1", "store_eps / peer_connect_eps"),
     Key("store_cpu_us_per_event", "us", "ingest", note="CPU of tracker consume per event (alone)"),
     Key("project_cpu_us_per_event", "us", "ingest", note="CPU of tracker project per event (alone)"),
     Key("fresh_p50_ms", "ms", "freshness", note="publish -> row in frame_metadata"),
@@ -107,7 +108,14 @@ SCENARIOS = (
     "memory",
 )
 # Keys that may be null, provided a "<key>_note" says why.
-NULLABLE = ("peer_connect_eps", "peer_quix_eps", "ratio_vs_naive", "ratio_vs_limit", "store_vs_quix")
+NULLABLE = (
+    "peer_connect_eps",
+    "peer_quix_eps",
+    "ratio_vs_naive",
+    "ratio_vs_limit",
+    "store_vs_quix",
+    "store_vs_connect",
+)
 
 
 @dataclass
@@ -355,20 +363,51 @@ class Bench:
                         }
                     )
             self.put("peer_quix_eps", vals, 0)
-        self.figures["peer_connect_eps"] = None
-        self.notes["peer_connect_eps"] = (
-            "not measured: second priority, not built in the time available. It needs a Kafka Connect "
-            "runtime (connect-runtime, ~30 jars the local stack leaves out) plus the Debezium JDBC sink "
-            "(Hibernate, JDBC driver) from Maven Central, a JSON copy of the records (JsonConverter with "
-            "schemas, since the records are Avro single-object encoded and Connect has no converter for "
-            "that), and a third JVM on the 2-core machine next to Kafka and PostgreSQL."
-        )
+        connect_runs = await self._peer_connect()
         self.detail("peers").update(
             records=n,
             quix_runs=runs,
             method="in-process: first record deserialized to the end of app.run(count=N), i.e. after the "
             "final checkpoint has written and committed everything; the offsets-polled rate is alongside",
+            connect_runs=connect_runs,
+            connect_method="Kafka Connect standalone + Debezium JDBC sink (defaults but for the table, its "
+            "key, upsert, no schema evolution) reading a JSON copy of the first N records (finished rows "
+            "with their Connect schema: no decoding or validation on Connect's side); timed from the "
+            "first row visible in the table to the N-th (count(*) polled every 0.25 s)",
         )
+
+    async def _peer_connect(self) -> list[dict[str, Any]]:
+        assert self.src is not None
+        if self.scale.connect_records < 0:
+            self.figures["peer_connect_eps"] = None
+            self.notes["peer_connect_eps"] = f"not run at scale {self.scale.name} (a JVM and ~100 MB of jars)"
+            return []
+        n = min(self.scale.connect_records or self.src.events, self.src.events)
+        json_prefix = f"{self.src.prefix}.connect-json"
+        vals, runs = [], []
+        for _ in range(self.scale.reps):
+            async with self.stack.scratch("connect", topic_prefix=self.src.prefix) as s:
+                await self.ensure_event_partitions(s, self.src.days)
+                w = self.stack.worker(
+                    "connect",
+                    python_argv("-m", "bench.peer_connect", "--limit", str(n), "--json-prefix", json_prefix),
+                    worker_env(s),
+                )
+                await self.stack.drive([w], groups=[], total=n, timeout_s=self.scale.timeout_s)
+                if w.returncode != 0:
+                    raise RuntimeError(f"connect peer exited {w.returncode}: {w.log_tail(20)}")
+                out = read_json_line(w.log_path.read_text())
+                stored = await self.fetchval(s, "SELECT count(*) FROM frame_events")
+                if stored != n:
+                    raise RuntimeError(f"connect peer stored {stored} rows of {n}")
+                vals.append(out["rate"])
+                runs.append({**out, "worker": w.summary(), "machine": self.stack.last_cpu})
+        self.put("peer_connect_eps", vals, 0)
+        self.notes["peer_connect_eps"] = (
+            "Kafka Connect reads a JSON copy of the records (finished rows with their schema): it does no "
+            "Avro decoding or validation, which our consumer and the Quix peer do"
+        )
+        return runs
 
     # ---- ingest ----------------------------------------------------------------------
     def _workers(self, s: Settings, mode: str, *, until_idle: bool = True) -> tuple[list[Worker], list[str]]:
@@ -772,7 +811,7 @@ class Bench:
         self.notes.update(derive(self.figures, self.details))
 
 
-DERIVED = ("ratio_vs_naive", "ratio_vs_limit", "store_vs_quix")
+DERIVED = ("ratio_vs_naive", "ratio_vs_limit", "store_vs_quix", "store_vs_connect")
 
 
 def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
@@ -792,10 +831,13 @@ def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
         details.setdefault("ingest", {})["binding_limit"] = binding
     if f.get("store_eps") and f.get("peer_quix_eps"):
         f["store_vs_quix"] = round(f["store_eps"] / f["peer_quix_eps"], 2)
+    if f.get("store_eps") and f.get("peer_connect_eps"):
+        f["store_vs_connect"] = round(f["store_eps"] / f["peer_connect_eps"], 2)
     inputs = {
         "ratio_vs_naive": ("pipeline_eps", "naive_eps"),
         "ratio_vs_limit": ("pipeline_eps", *lims),
         "store_vs_quix": ("store_eps", "peer_quix_eps"),
+        "store_vs_connect": ("store_eps", "peer_connect_eps"),
     }
     return {
         k: "not computed: " + ", ".join(i for i in inputs[k] if not f.get(i)) + " not measured"
