@@ -38,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +61,7 @@ CACHE = Path(os.environ.get("STACK_DIR", "") or (ROOT / ".stack")) / "connect"
 # Connect types of the frame_events columns, in COLUMNS order.
 _TYPES = {
     "attempt": "int32",
-    "duration_ms": "float64",
+    "duration_ms": "double",
     "partition": "int32",
     "offset": "int64",
     "schema_fingerprint": "bytes",
@@ -185,6 +186,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _failed_task(port: int, name: str) -> str | None:
+    """The trace of a failed task of connector ``name`` (Connect's REST API), if any."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/connectors/{name}/status", timeout=2) as r:
+            status = json.load(r)
+    except (OSError, ValueError):
+        return None  # not up yet
+    for task in status.get("tasks", []):
+        if task.get("state") == "FAILED":
+            return str(task.get("trace", ""))[:2000]
+    return None
+
+
 def java_bin() -> str:
     home = os.environ.get("JAVA_HOME")
     return str(Path(home) / "bin" / "java") if home else "java"
@@ -231,6 +245,7 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
     jdbc = f"jdbc:postgresql://{db.hostname}:{db.port or 5432}{db.path}?stringtype=unspecified"
     name = f"bench-jdbc-sink-{settings.group_prefix}"
     work = Path(tempfile.mkdtemp(prefix="bench-connect-"))
+    port = _free_port()
     (work / "worker.properties").write_text(
         "\n".join(
             [
@@ -240,7 +255,7 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
                 "value.converter.schemas.enable=true",
                 f"offset.storage.file.filename={work / 'offsets'}",
                 f"plugin.path={plugins}",
-                f"listeners=http://127.0.0.1:{_free_port()}",
+                f"listeners=http://127.0.0.1:{port}",
                 "",
             ]
         )
@@ -278,6 +293,7 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
     dsn = settings.database_url.get()
     first_t: float | None = None
     first_n = 0
+    last_status = 0.0
     try:
         t0 = time.perf_counter()
         while True:
@@ -289,6 +305,11 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
                 break
             if proc.returncode is not None:
                 raise RuntimeError(f"Kafka Connect exited {proc.returncode} with {n} of {limit} rows stored")
+            if now - last_status >= 2.0:
+                last_status = now
+                failed = await asyncio.to_thread(_failed_task, port, name)
+                if failed:
+                    raise RuntimeError(f"the sink task failed with {n} of {limit} rows stored: {failed}")
             if now - t0 > timeout_s:
                 raise RuntimeError(f"Kafka Connect stored {n} of {limit} rows in {timeout_s:.0f}s")
             await asyncio.sleep(0.25)
