@@ -131,8 +131,10 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
                 continue
             old[k.name] = new.get(k.name)
             old.pop(f"{k.name}_note", None)
+            old.setdefault("notes", {}).pop(k.name, None)
             if f"{k.name}_note" in new:
                 old[f"{k.name}_note"] = new[f"{k.name}_note"]
+                old["notes"][k.name] = new[f"{k.name}_note"]
             old.setdefault("spread", {}).pop(k.name, None)
             if k.name in new.get("spread", {}):
                 old["spread"][k.name] = new["spread"][k.name]

@@ -70,3 +70,21 @@ def test_merge_recomputes_ratios_and_replaces_their_notes() -> None:
     assert merged["store_vs_quix"] == 2.0
     assert "store_vs_quix_note" not in merged
     assert missing_keys(merged) == []
+
+
+def test_merge_replaces_a_figures_note_everywhere() -> None:
+    old = full_result()
+    old["peer_connect_eps"] = None
+    old["peer_connect_eps_note"] = "not measured"
+    old["notes"] = {"peer_connect_eps": "not measured"}
+    new = {
+        "scenarios_run": ["peers"],
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "peer_quix_eps": 450.0,
+        "peer_connect_eps": 300.0,
+        "peer_connect_eps_note": "reads a JSON copy",
+    }
+    merged = merge(old, new)
+    assert merged["peer_connect_eps_note"] == merged["notes"]["peer_connect_eps"] == "reads a JSON copy"
+    assert merged["store_vs_connect"] == 3.0
