@@ -127,7 +127,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     ran = [s for s in new["scenarios_run"] if s in SCENARIOS and s not in failed]
     for name in ran:
         for k in KEYS:
-            if k.scenario != name:
+            if k.scenario != name or k.name in DERIVED:  # ratios are recomputed below
                 continue
             old[k.name] = new.get(k.name)
             old.pop(f"{k.name}_note", None)
@@ -145,8 +145,10 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         old.setdefault("scenario_durations_s", {})[name] = new.get("scenario_durations_s", {}).get(name)
     for k in DERIVED:
         old.pop(f"{k}_note", None)
+        old.setdefault("notes", {}).pop(k, None)
     for k, note in derive(old, old.setdefault("details", {})).items():
         old[f"{k}_note"] = note
+        old["notes"][k] = note
     old["targets"] = report.targets(old)
     old.setdefault("updates", []).append(
         {"scenarios": ran, "failed": failed, "started_at": new["started_at"], "duration_s": new["duration_s"]}

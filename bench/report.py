@@ -113,7 +113,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
         return None
     spread = result.get("spread", {})
     names = [
-        "limit_consume_eps", "limit_decode_eps", "limit_copy_rows_s", "naive_eps", "peer_quix_eps",
+        "limit_consume_eps", "limit_decode_eps", "limit_copy_rows_s", "naive_eps",
+        "peer_quix_eps", "peer_connect_eps",
         "store_eps", "project_eps", "pipeline_eps", "replay_topics_eps", "replay_store_eps",
     ]  # fmt: skip
     names = [n for n in names if result.get(n)]
@@ -121,8 +122,17 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
     vals = [result[n] for n in names]
     lo = [max(0.0, result[n] - (spread.get(n, {}).get("min") or result[n])) for n in names]
     hi = [max(0.0, (spread.get(n, {}).get("max") or result[n]) - result[n]) for n in names]
-    colors = ["#999999"] * 3 + ["#cc6666", "#cc9966"] + ["#4477aa"] * 3 + ["#66aa77"] * 2
-    ax1.barh(names, vals, xerr=[lo, hi], color=colors[: len(names)] if len(names) == 10 else "#4477aa")
+
+    def color(name: str) -> str:
+        if name.startswith("limit_"):
+            return "#999999"
+        if name.startswith("replay_"):
+            return "#66aa77"
+        return {"naive_eps": "#cc6666", "peer_quix_eps": "#cc9966", "peer_connect_eps": "#cc9966"}.get(
+            name, "#4477aa"
+        )
+
+    ax1.barh(names, vals, xerr=[lo, hi], color=[color(n) for n in names])
     ax1.axvline(30000, color="black", linestyle="--", linewidth=1)
     ax1.text(30000, -0.6, " 30k target", fontsize=8)
     ax1.set_xscale("log")

@@ -88,3 +88,22 @@ def test_merge_replaces_a_figures_note_everywhere() -> None:
     merged = merge(old, new)
     assert merged["peer_connect_eps_note"] == merged["notes"]["peer_connect_eps"] == "reads a JSON copy"
     assert merged["store_vs_connect"] == 3.0
+
+
+def test_merge_of_a_partial_run_keeps_ratios_computed_from_the_whole() -> None:
+    old = full_result()
+    derive(old, {})
+    new = {
+        "scenarios_run": ["ingest"],
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "store_eps": 1200.0,
+        "pipeline_eps": 2000.0,
+        "ratio_vs_naive": None,  # the partial run had no naive_eps
+        "ratio_vs_naive_note": "not computed: naive_eps not measured",
+        "notes": {"ratio_vs_naive": "not computed: naive_eps not measured"},
+    }
+    merged = merge(old, new)
+    assert merged["ratio_vs_naive"] == 20.0
+    assert "ratio_vs_naive_note" not in merged and "ratio_vs_naive" not in merged["notes"]
+    assert merged["store_vs_quix"] == 2.0
