@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.kafka import client_kwargs
-from tracker.store import COLUMNS, record_to_row
+from tracker.store import COLUMNS, message_to_row
 from tracker.telemetry import header, parse_traceparent
 
 _COLS = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -50,15 +50,7 @@ async def run(settings: Settings, limit: int) -> dict[str, float]:
                 t0 = time.perf_counter()
             d = codec.decode_record(msg.value)
             tctx = parse_traceparent(header(msg.headers, "traceparent"))
-            row = record_to_row(
-                d.record,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                fingerprint=d.fingerprint,
-                trace_id=tctx[0] if tctx else None,
-                span_id=tctx[1] if tctx else None,
-            )
+            row = message_to_row(msg, d.record, d.fingerprint, tctx)
             await conn.execute(INSERT, *row)
             await consumer.commit({TopicPartition(msg.topic, msg.partition): msg.offset + 1})
             n += 1

@@ -49,7 +49,7 @@ from aiokafka import AIOKafkaProducer
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.kafka import client_kwargs, ensure_topics, make_admin, make_consumer, topic_partitions
-from tracker.store import COLUMNS, record_to_row
+from tracker.store import COLUMNS, message_to_row
 from tracker.telemetry import header, parse_traceparent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,15 +157,7 @@ async def json_copy(settings: Settings, limit: int, targets: dict[str, str]) -> 
                         break
                     d = codec.decode_record(m.value)
                     tctx = parse_traceparent(header(m.headers, "traceparent"))
-                    row = record_to_row(
-                        d.record,
-                        topic=m.topic,
-                        partition=m.partition,
-                        offset=m.offset,
-                        fingerprint=d.fingerprint,
-                        trace_id=tctx[0] if tctx else None,
-                        span_id=tctx[1] if tctx else None,
-                    )
+                    row = message_to_row(m, d.record, d.fingerprint, tctx)
                     value = json.dumps({"schema": SCHEMA, "payload": _payload(row)}).encode()
                     pending.append(
                         await producer.send(targets[tp.topic], value, key=m.key, partition=m.partition)

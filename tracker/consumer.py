@@ -45,7 +45,7 @@ from tracker.events import from_micros
 from tracker.kafka import ensure_topics, make_consumer, next_batch
 from tracker.lifecycle import TERMINAL, flag_batch
 from tracker.progress import ProgressSampler, periodically
-from tracker.store import AppendResult, PostgresEventStore, record_to_row
+from tracker.store import AppendResult, PostgresEventStore, message_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,7 @@ def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatc
         tctx = parse_traceparent(header(msg.headers, "traceparent"))
         out.good.append(decoded.record)
         out.meta.append((msg, decoded.fingerprint, tctx))
-        out.rows.append(
-            record_to_row(
-                decoded.record,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                fingerprint=decoded.fingerprint,
-                trace_id=tctx[0] if tctx else None,
-                span_id=tctx[1] if tctx else None,
-            )
-        )
+        out.rows.append(message_to_row(msg, decoded.record, decoded.fingerprint, tctx))
         if tctx is not None:
             tl = out.links.setdefault(msg.topic, [])
             if len(tl) < MAX_LINKS:

@@ -104,6 +104,22 @@ def record_to_row(
     )
 
 
+def message_to_row(
+    msg: Any, record: dict[str, Any], fingerprint: bytes, trace: tuple[str, str, int] | None
+) -> tuple[Any, ...]:
+    """:func:`record_to_row` for a decoded Kafka record: its coordinates, and
+    the ids of its ``traceparent`` (as :func:`tracker.telemetry.parse_traceparent` gives them)."""
+    return record_to_row(
+        record,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        fingerprint=fingerprint,
+        trace_id=trace[0] if trace else None,
+        span_id=trace[1] if trace else None,
+    )
+
+
 class PostgresEventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
