@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.trace import Link, SpanKind
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
@@ -394,12 +394,17 @@ class EventStoreConsumer:
                 self.stats.stored += len(result.inserted)
                 self.stats.duplicates += result.duplicates
                 metrics.events_duplicate.inc(result.duplicates)
-            # Durable in PostgreSQL and the DLQ: now, and only now, acknowledge.
+            # Durable in PostgreSQL and the DLQ: now, and only now, acknowledge,
+            # for the partitions still ours. A batch fetched before a rebalance
+            # can hold records of a partition since revoked: they are stored, and
+            # its new owner re-reads them, which the idempotent append makes harmless.
+            assigned = self._consumer.assignment()
+            mine = {tp: om for tp, om in offsets.items() if tp in assigned}
             try:
-                await self._consumer.commit(offsets)
-            except CommitFailedError as e:
-                # The group rebalanced under us; the new owner re-reads these
-                # records and the idempotent append makes that harmless.
+                if mine:
+                    await self._consumer.commit(mine)
+            except (CommitFailedError, IllegalStateError) as e:
+                # The group rebalanced under us (or is rebalancing right now).
                 log.warning("offset commit failed after a rebalance (records will be redelivered): %s", e)
         except _Abandoned:
             return False

@@ -333,3 +333,31 @@ async def _committed(settings: Settings) -> int:
         return total
     finally:
         await c.stop()
+
+
+async def test_a_batch_held_across_a_rebalance_commits_only_partitions_still_owned(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The next batch is fetched while one is written; a rebalance in between can
+    revoke a partition of it. Its records are stored (idempotently) and only the
+    partitions still owned are committed: no crash on the revoked one."""
+    from aiokafka import TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from tracker.consumer import DecodedBatch, _Prepared
+
+    await ensure_topics(settings, list(settings.event_topics))
+    async with EventStoreConsumer(settings) as consumer:
+        await asyncio.wait_for(consumer._assigned_once.wait(), 30)
+        assert consumer._consumer is not None
+        owned = sorted(consumer._consumer.assignment())[0]
+        revoked = TopicPartition(settings.camera_topic, 999)  # not (or no longer) ours
+        prepared = _Prepared(
+            batch={owned: [], revoked: []},
+            offsets={owned: OffsetAndMetadata(0, ""), revoked: OffsetAndMetadata(7, "")},
+            records=0,
+            decoded=DecodedBatch(),
+            decode_s=0.0,
+        )
+        assert await consumer._write(prepared) is True
+        assert await consumer._consumer.committed(owned) == 0
