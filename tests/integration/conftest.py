@@ -90,7 +90,17 @@ async def settings() -> AsyncIterator[Settings]:
     yield s
     admin = await asyncpg.connect(BASE.database_url.get())
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
+        for _ in range(40):
+            try:
+                await admin.execute(drop)
+                break
+            except asyncpg.exceptions.InsufficientPrivilegeError:
+                # A session of the read-only query role is still closing (a pool
+                # closed a moment ago): FORCE may not end another role's session.
+                await asyncio.sleep(0.25)
+        else:
+            await admin.execute(drop)
     finally:
         await admin.close()
 
