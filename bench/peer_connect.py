@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -281,6 +282,11 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
         str(work / "worker.properties"),
         str(work / "connector.properties"),
     ]
+    # The harness stops a peer with SIGTERM: turn it into a cancellation, so that
+    # the clean-up below stops the JVM instead of leaving it running.
+    me = asyncio.current_task()
+    assert me is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=sys.stderr, stderr=sys.stderr)
     dsn = settings.database_url.get()
     first_t: float | None = None
