@@ -28,7 +28,15 @@ import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.mix import TraceIds, plan_events
-from projections.fold import BatchFold, ProjEvent, Rollup, frame_contribution, stage_contribution
+from projections.fold import (
+    FRAME_COUNTERS,
+    STAGE_COUNTERS,
+    BatchFold,
+    ProjEvent,
+    Rollup,
+    frame_contribution,
+    stage_contribution,
+)
 from projections.store import FRAME_COLS, STAGE_COLS, _Statements, frame_to_db, stage_to_db
 from tracker import events as ev
 from tracker.codec import FrameEventCodec
@@ -269,40 +277,10 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         frows, srows = [], []
         for k in range(HOURS):
             d = timedelta(hours=k)
-            for (cam, hour), r in s["fstats"].items():
-                c = r.counts
-                frows.append(
-                    (
-                        cam,
-                        hour - d,
-                        c.get("frames", 0),
-                        c.get("captured", 0),
-                        c.get("queued", 0),
-                        c.get("processing", 0),
-                        c.get("completed", 0),
-                        c.get("failed", 0),
-                        c.get("conflicted", 0),
-                        r.latency_count,
-                        r.latency_sum_ms,
-                        r.buckets,
-                    )
-                )
-            for (stage, hour), r in s["sstats"].items():
-                c = r.counts
-                srows.append(
-                    (
-                        stage,
-                        hour - d,
-                        c.get("runs", 0),
-                        c.get("completed", 0),
-                        c.get("failed", 0),
-                        c.get("conflicted", 0),
-                        c.get("running", 0),
-                        r.latency_count,
-                        r.latency_sum_ms,
-                        r.buckets,
-                    )
-                )
+            frows += [(cam, hour - d, *r.as_row(FRAME_COUNTERS)) for (cam, hour), r in s["fstats"].items()]
+            srows += [
+                (stage, hour - d, *r.as_row(STAGE_COUNTERS)) for (stage, hour), r in s["sstats"].items()
+            ]
         await conn.executemany(st.upsert_frame_stats, frows)
         await conn.executemany(st.upsert_stage_stats, srows)
         await conn.execute("DROP TABLE bench_seed_events, bench_seed_frames, bench_seed_stages")

@@ -405,6 +405,16 @@ class Rollup:
         for i, v in enumerate(other.buckets):
             self.buckets[i] += sign * v
 
+    def as_row(self, counters: Iterable[str]) -> tuple[Any, ...]:
+        """The rollup columns in table order: ``counters`` (``FRAME_COUNTERS`` or
+        ``STAGE_COUNTERS``), then latency count, latency sum and buckets."""
+        return (
+            *(self.counts.get(c, 0) for c in counters),
+            self.latency_count,
+            self.latency_sum_ms,
+            self.buckets,
+        )
+
     def is_zero(self) -> bool:
         return (
             not any(self.counts.values())

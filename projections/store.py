@@ -19,10 +19,11 @@ from typing import Any
 import asyncpg
 
 from projections.fold import (
+    FRAME_COUNTERS,
+    STAGE_COUNTERS,
     BatchFold,
     FrameRow,
     ProjEvent,
-    Rollup,
     StageRow,
     frame_contribution,
     rollup_deltas,
@@ -473,47 +474,12 @@ class FramesProjectionStore:
         if fdeltas:
             await conn.executemany(
                 s.upsert_frame_stats,
-                [
-                    (
-                        cam,
-                        hour,
-                        *(
-                            _c(d, c)
-                            for c in (
-                                "frames",
-                                "captured",
-                                "queued",
-                                "processing",
-                                "completed",
-                                "failed",
-                                "conflicted",
-                            )
-                        ),
-                        d.latency_count,
-                        d.latency_sum_ms,
-                        d.buckets,
-                    )
-                    for (cam, hour), d in sorted(fdeltas.items())
-                ],
+                [(cam, hour, *d.as_row(FRAME_COUNTERS)) for (cam, hour), d in sorted(fdeltas.items())],
             )
         sdeltas = rollup_deltas(spairs, stage_contribution)
         if sdeltas:
             await conn.executemany(
                 s.upsert_stage_stats,
-                [
-                    (
-                        stage,
-                        hour,
-                        *(_c(d, c) for c in ("runs", "completed", "failed", "conflicted", "running")),
-                        d.latency_count,
-                        d.latency_sum_ms,
-                        d.buckets,
-                    )
-                    for (stage, hour), d in sorted(sdeltas.items())
-                ],
+                [(stage, hour, *d.as_row(STAGE_COUNTERS)) for (stage, hour), d in sorted(sdeltas.items())],
             )
         return ApplyResult(len(new_frames), len(new_stages), 0)
-
-
-def _c(r: Rollup, name: str) -> int:
-    return r.counts.get(name, 0)

@@ -111,7 +111,14 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
     import asyncpg
 
     from projections.events import STORE_COLUMNS, from_store
-    from projections.fold import Rollup, fold, frame_contribution, stage_contribution
+    from projections.fold import (
+        FRAME_COUNTERS,
+        STAGE_COUNTERS,
+        Rollup,
+        fold,
+        frame_contribution,
+        stage_contribution,
+    )
     from projections.store import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
 
     conn = await asyncpg.connect(settings.database_url.get())
@@ -140,33 +147,15 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         k, r = stage_contribution(row)
         ref_s.setdefault(k, Rollup()).add(r)
 
+    def comparable(r: Rollup, counters: tuple[str, ...]) -> tuple:  # type: ignore[type-arg]
+        *counts, latency_count, latency_sum_ms, buckets = r.as_row(counters)
+        return (*counts, latency_count, round(latency_sum_ms, 3), tuple(buckets))
+
     def frow(r: Rollup) -> tuple:  # type: ignore[type-arg]
-        c = r.counts
-        return (
-            c.get("frames", 0),
-            c.get("captured", 0),
-            c.get("queued", 0),
-            c.get("processing", 0),
-            c.get("completed", 0),
-            c.get("failed", 0),
-            c.get("conflicted", 0),
-            r.latency_count,
-            round(r.latency_sum_ms, 3),
-            tuple(r.buckets),
-        )
+        return comparable(r, FRAME_COUNTERS)
 
     def srow(r: Rollup) -> tuple:  # type: ignore[type-arg]
-        c = r.counts
-        return (
-            c.get("runs", 0),
-            c.get("completed", 0),
-            c.get("failed", 0),
-            c.get("conflicted", 0),
-            c.get("running", 0),
-            r.latency_count,
-            round(r.latency_sum_ms, 3),
-            tuple(r.buckets),
-        )
+        return comparable(r, STAGE_COUNTERS)
 
     actual = {
         "frames": {(r.frame_id, r.frame_timestamp): r for r in frames},
