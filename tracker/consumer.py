@@ -54,15 +54,11 @@ T = TypeVar("T")
 _FINISHED = frozenset({"StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"})
 
 
-TraceIds = tuple[str, str, int]
-
-
 @dataclass
 class DecodedBatch:
     """A batch split into valid records (with their Kafka metadata) and dead letters."""
 
     good: list[dict[str, Any]] = field(default_factory=list)
-    meta: list[tuple[Any, bytes, TraceIds | None]] = field(default_factory=list)
     # ``frame_events`` rows of ``good``, built while decoding; their lifecycle
     # flag (the last column) is set once the stored terminals are known.
     rows: list[tuple[Any, ...]] = field(default_factory=list)
@@ -81,7 +77,6 @@ def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatc
             continue
         tctx = parse_traceparent(header(msg.headers, "traceparent"))
         out.good.append(decoded.record)
-        out.meta.append((msg, decoded.fingerprint, tctx))
         out.rows.append(message_to_row(msg, decoded.record, decoded.fingerprint, tctx))
         if tctx is not None:
             tl = out.links.setdefault(msg.topic, [])
