@@ -8,6 +8,7 @@ elapsed times and the simulator can drive the same objects on virtual time.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,11 @@ class StageStatus(StrEnum):
     FAILED = "failed"
 
 
+#: The error type recorded for a failure given only as a message, outside any
+#: ``except`` block and without ``error_type=``.
+DEFAULT_ERROR_TYPE = "ProcessingError"
+
+
 @dataclass(frozen=True)
 class FrameError:
     error_type: str
@@ -66,6 +72,69 @@ class FrameError:
     @classmethod
     def from_exception(cls, exc: BaseException) -> FrameError:
         return cls(type(exc).__name__, str(exc) or type(exc).__name__)
+
+    @classmethod
+    def coerce(
+        cls, error: BaseException | FrameError | str | None, error_type: str | None = None
+    ) -> FrameError:
+        """The error a failure records, whatever form the caller gave it in.
+
+        Services write ``stage.fail(str(e))`` inside ``except``: a bare message
+        must not be grouped under the name of Python's ``str``. So the type is,
+        in order: ``error_type=`` if given, else the class of the exception
+        given, else the class of the exception being handled right now (the
+        caller is inside ``except``), else :data:`DEFAULT_ERROR_TYPE`.
+        """
+        if isinstance(error, FrameError):
+            return cls(error_type, error.message) if error_type else error
+        if isinstance(error, BaseException):
+            err = cls.from_exception(error)
+            return cls(error_type, err.message) if error_type else err
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"an error is an exception, a FrameError or a message, not {type(error)}")
+        handled = sys.exc_info()[1]
+        message = error or (str(handled) if handled is not None else "") or ""
+        if error_type:
+            kind = error_type
+        elif handled is not None:
+            kind = type(handled).__name__
+        else:
+            kind = DEFAULT_ERROR_TYPE
+        return cls(kind, message or kind)
+
+
+class Change(StrEnum):
+    """What a transition of the aggregate implies; each becomes one event."""
+
+    CAPTURED = "FrameCaptured"
+    QUEUED = "FrameQueued"
+    PROCESSING_STARTED = "ProcessingStarted"
+    STAGE_STARTED = "StageStarted"
+    STAGE_COMPLETED = "StageCompleted"
+    STAGE_FAILED = "StageFailed"
+    COMPLETED = "ProcessingCompleted"
+    FAILED = "ProcessingFailed"
+
+
+_STATE_CHANGE = {
+    ProcessingState.QUEUED: Change.QUEUED,
+    ProcessingState.PROCESSING: Change.PROCESSING_STARTED,
+    ProcessingState.COMPLETED: Change.COMPLETED,
+    ProcessingState.FAILED: Change.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class FrameChange:
+    """One recorded change of a frame. ``change_id`` is drawn once, when the
+    change happens, and becomes the event id: publishing the change again
+    (a retried save) sends the same id, which the event store keeps once."""
+
+    kind: Change
+    occurred_at: datetime
+    change_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    stage: ProcessingStage | None = None
+    stage_name: str | None = None  # ProcessingFailed: the stage that failed, if any
 
 
 def utcnow() -> datetime:
@@ -96,12 +165,21 @@ class ProcessingStage:
 
     def complete(self) -> ProcessingStage:
         self._finish(StageStatus.COMPLETED, None)
+        self.frame._record(Change.STAGE_COMPLETED, self.finished_at, stage=self)
         return self
 
-    def fail(self, error: BaseException | FrameError) -> ProcessingStage:
-        err = error if isinstance(error, FrameError) else FrameError.from_exception(error)
-        self._finish(StageStatus.FAILED, err)
+    def fail(
+        self, error: BaseException | FrameError | str | None = None, *, error_type: str | None = None
+    ) -> ProcessingStage:
+        """Fail this stage. ``error`` may be a message: see :meth:`FrameError.coerce`
+        for the error type it then records."""
+        self._finish(StageStatus.FAILED, FrameError.coerce(error, error_type))
+        self.frame._record(Change.STAGE_FAILED, self.finished_at, stage=self)
         return self
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not StageStatus.RUNNING
 
 
 @dataclass
@@ -118,6 +196,12 @@ class Frame:
     wall_clock: Callable[[], datetime] = field(default=utcnow, repr=False)
     _processing_started_mono: float | None = field(default=None, repr=False)
     _processing_ended_mono: float | None = field(default=None, repr=False)
+    #: Every change recorded by this object, in order; what a repository publishes.
+    changes: list[FrameChange] = field(default_factory=list, repr=False)
+    #: W3C trace headers the frame arrived with from the service that handed it
+    #: over (see ``Frame.resume``); ``@traced`` continues that trace.
+    trace_context: dict[str, str] = field(default_factory=dict, repr=False)
+    _published: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
     def capture(
@@ -143,17 +227,81 @@ class Frame:
             wall_clock=wall_clock,
         )
         frame.state_times[ProcessingState.CAPTURED] = ts
+        frame._record(Change.CAPTURED, ts)
         return frame
+
+    @classmethod
+    def resume(
+        cls,
+        frame_id: str,
+        camera_id: str,
+        timestamp: datetime,
+        *,
+        state: ProcessingState = ProcessingState.QUEUED,
+        metadata: Mapping[str, str] | None = None,
+        trace_context: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = monotonic,
+        wall_clock: Callable[[], datetime] = utcnow,
+    ) -> Frame:
+        """A frame another service captured (and queued), picked up here.
+
+        Nothing is recorded for what happened before: those events are the
+        other service's to publish. Typical in a processor that receives frame
+        references from a camera service over its own queue.
+        """
+        if timestamp.tzinfo is None:
+            raise TrackerError("frame timestamp must be timezone-aware")
+        if state.terminal:
+            raise TrackerError(f"frame {frame_id!r} is already {state}: nothing left to process")
+        frame = cls(
+            frame_id=frame_id,
+            camera_id=camera_id,
+            timestamp=timestamp,
+            metadata=dict(metadata or {}),
+            state=state,
+            trace_context=dict(trace_context or {}),
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        frame.state_times[ProcessingState.CAPTURED] = timestamp
+        return frame
+
+    def _record(
+        self,
+        kind: Change,
+        occurred_at: datetime | None,
+        *,
+        stage: ProcessingStage | None = None,
+        stage_name: str | None = None,
+    ) -> None:
+        self.changes.append(
+            FrameChange(kind, occurred_at or self.wall_clock(), stage=stage, stage_name=stage_name)
+        )
 
     def transition_to(self, target: ProcessingState) -> None:
         if target not in ALLOWED_TRANSITIONS[self.state]:
             raise IllegalTransition(self.frame_id, self.state.value, target.value)
         self.state = target
-        self.state_times[target] = self.wall_clock()
+        now = self.wall_clock()
+        self.state_times[target] = now
         if target is ProcessingState.PROCESSING:
             self._processing_started_mono = self.clock()
         elif target.terminal:
             self._processing_ended_mono = self.clock()
+        failed_stage = None
+        if target is ProcessingState.FAILED:
+            failed = [s for s in self.stages if s.status is StageStatus.FAILED]
+            failed_stage = failed[-1].name if failed else None
+        self._record(_STATE_CHANGE[target], now, stage_name=failed_stage)
+
+    # ---- what a repository publishes ----------------------------------------
+    @property
+    def pending_changes(self) -> list[FrameChange]:
+        """Changes recorded here and not yet marked published, oldest first."""
+        return [c for c in self.changes if c.change_id not in self._published]
+
+    def mark_published(self, change: FrameChange) -> None:
+        self._published.add(change.change_id)
 
     def start_processing_stage(self, name: str) -> ProcessingStage:
         if self.state is not ProcessingState.PROCESSING:
@@ -167,6 +315,7 @@ class Frame:
             _started_mono=self.clock(),
         )
         self.stages.append(stage)
+        self._record(Change.STAGE_STARTED, stage.started_at, stage=stage)
         return stage
 
     def mark_as_completed(self) -> None:
@@ -175,8 +324,21 @@ class Frame:
             raise TrackerError(f"frame {self.frame_id!r}: stages still running: {running}")
         self.transition_to(ProcessingState.COMPLETED)
 
-    def mark_as_failed(self, error: BaseException | FrameError) -> None:
-        self.error = error if isinstance(error, FrameError) else FrameError.from_exception(error)
+    def mark_as_failed(
+        self, error: BaseException | FrameError | str | None = None, *, error_type: str | None = None
+    ) -> None:
+        """Fail the frame. ``error`` may be a message (see :meth:`FrameError.coerce`).
+
+        A stage still running fails with it: a failed frame has no stage left
+        running. ``ProcessingFailed`` names the last failed stage, if any.
+        """
+        if self.state.terminal:
+            raise IllegalTransition(self.frame_id, self.state.value, ProcessingState.FAILED.value)
+        err = FrameError.coerce(error, error_type)
+        for stage in self.stages:
+            if stage.status is StageStatus.RUNNING:
+                stage.fail(err)
+        self.error = err
         self.transition_to(ProcessingState.FAILED)
 
     @property

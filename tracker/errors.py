@@ -96,3 +96,13 @@ class BrokerError(TrackerError):
 
 class NotFound(TrackerError):
     """The thing asked for does not exist (distinct from a failure to look)."""
+
+
+class PublishError(BrokerError):
+    """Events of a frame could not be published; they stay pending on the frame
+    (or with the caller, for one event) and the next save publishes them."""
+
+    def __init__(self, message: str, *, frame_id: str, pending: int, retriable: bool = True):
+        super().__init__(message, retriable=retriable)
+        self.frame_id = frame_id
+        self.pending = pending

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from tracker.domain import Frame, FrameError, ProcessingStage
+from tracker.domain import Change, Frame, FrameChange, FrameError, ProcessingStage
 
 CAMERA = "camera"
 PROCESSING = "processing"
@@ -45,9 +45,29 @@ class FrameEvent:
     camera_id: str
     frame_timestamp: datetime
     occurred_at: datetime
-    producer: str
+    #: The service that emitted it; a repository fills in its own name when empty.
+    producer: str = ""
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     attributes: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_frame(cls, frame: Frame, *, occurred_at: datetime | None = None, **fields: Any) -> Any:
+        """This event for ``frame``, occurring now (by the frame's clock) unless
+        ``occurred_at`` says otherwise: ``ProcessingStarted.for_frame(frame)``,
+        ``StageCompleted.for_frame(frame, stage="detect", duration_ms=12.5)``."""
+        return cls(
+            frame_id=frame.frame_id,
+            camera_id=frame.camera_id,
+            frame_timestamp=frame.timestamp,
+            occurred_at=occurred_at or frame.wall_clock(),
+            **fields,
+        )
+
+    @property
+    def fact_key(self) -> tuple[str, str, str | None, int]:
+        """What makes this event one fact of its frame's lifecycle: two events
+        with the same key record the same thing (see ``FrameRepository``)."""
+        return (self.frame_id, self.event_type, getattr(self, "stage", None), getattr(self, "attempt", 1))
 
     def to_record(self) -> dict[str, Any]:
         """The Avro envelope dict for this event."""
@@ -236,3 +256,50 @@ def processing_failed(frame: Frame, producer: str, *, stage: str | None = None) 
         stage=stage,
         duration_ms=frame.total_processing_time_ms,
     )
+
+
+def event_for_change(frame: Frame, change: FrameChange, producer: str) -> FrameEvent:
+    """The event a recorded change of ``frame`` implies, with the change's id and time."""
+    common = _common(frame, producer, change.occurred_at)
+    common["event_id"] = change.change_id
+    kind = change.kind
+    stage = change.stage
+    if kind is Change.CAPTURED:
+        return FrameCaptured(**common, attributes=dict(frame.metadata))
+    if kind is Change.QUEUED:
+        return FrameQueued(**common)
+    if kind is Change.PROCESSING_STARTED:
+        return ProcessingStarted(**common)
+    if kind is Change.STAGE_STARTED and stage is not None:
+        return StageStarted(**common, stage=stage.name, attempt=stage.attempt)
+    if kind is Change.STAGE_COMPLETED and stage is not None:
+        return StageCompleted(
+            **common, stage=stage.name, attempt=stage.attempt, duration_ms=stage.duration_ms or 0.0
+        )
+    if kind is Change.STAGE_FAILED and stage is not None:
+        err = stage.error or FrameError("UnknownError", "stage failed")
+        return StageFailed(
+            **common,
+            stage=stage.name,
+            attempt=stage.attempt,
+            duration_ms=stage.duration_ms or 0.0,
+            error_type=err.error_type,
+            error_message=err.message,
+        )
+    if kind is Change.COMPLETED:
+        return ProcessingCompleted(**common, duration_ms=frame.total_processing_time_ms)
+    if kind is Change.FAILED:
+        err = frame.error or FrameError("UnknownError", "frame failed")
+        return ProcessingFailed(
+            **common,
+            error_type=err.error_type,
+            error_message=err.message,
+            stage=change.stage_name,
+            duration_ms=frame.total_processing_time_ms,
+        )
+    raise ValueError(f"change {kind} of frame {frame.frame_id!r} has no stage")
+
+
+def pending_events(frame: Frame, producer: str) -> list[tuple[FrameChange, FrameEvent]]:
+    """The events of ``frame``'s changes not yet published, oldest first."""
+    return [(c, event_for_change(frame, c, producer)) for c in frame.pending_changes]

@@ -17,8 +17,10 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tracker import events as ev
 from tracker.codec import CONTENT_TYPE, FrameEventCodec
@@ -100,18 +102,19 @@ class FramePublisher:
             failure, self._failure = self._failure, None
             raise BrokerError(f"an earlier publish failed: {failure}") from failure
 
-    async def publish(
-        self, event: ev.FrameEvent, *, wait: bool = True, context: Context | None = None
-    ) -> None:
-        """Publish one event. ``context`` is the parent of the ``send`` span
-        (default: the current context), e.g. the span of the frame's whole
-        journey so that all its events share one trace."""
+    async def send(
+        self, event: ev.FrameEvent, *, context: Context | None = None
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue one event and return its delivery future (resolved with the
+        record's metadata once the broker has acknowledged it, or failed with a
+        :class:`BrokerError`). ``context`` is the parent of the ``send`` span
+        (default: the current context). The span ends when the delivery does,
+        carrying the partition and offset the broker gave the record."""
         self._raise_failure()
         topic = self.topic_for(event)
         value = self.codec.encode(event)
-        with (
-            frame_context(event),
-            self._tracer.start_as_current_span(
+        with frame_context(event):
+            span = self._tracer.start_span(
                 f"send {topic}",
                 kind=SpanKind.PRODUCER,
                 context=context,
@@ -125,34 +128,65 @@ class FramePublisher:
                     "messaging.message.body.size": len(value),
                     "frame.event_type": event.event_type,
                 },
-            ) as span,
-        ):
-            headers = inject_headers()
-            headers.append(("event_type", event.event_type.encode()))
-            headers.append(("content-type", _CONTENT_TYPE))
-            try:
-                fut = await self._producer.send(
-                    topic, value=value, key=event.frame_id.encode(), headers=headers
-                )
-            except KafkaError as e:
-                span.set_status(Status(StatusCode.ERROR, str(e)))
-                raise BrokerError(f"publish to {topic} failed: {e}", retriable=e.retriable) from e
-            if wait:
-                try:
-                    await fut
-                except KafkaError as e:
-                    span.set_status(Status(StatusCode.ERROR, str(e)))
-                    raise BrokerError(f"publish to {topic} failed: {e}", retriable=e.retriable) from e
-                self._delivered(topic, event.event_type)
-            else:
-                self._pending.add(fut)
-                fut.add_done_callback(lambda f, t=topic, et=event.event_type: self._on_done(f, t, et))
+            )
+            headers = inject_headers(trace.set_span_in_context(span, context))
+        headers.append(("event_type", event.event_type.encode()))
+        headers.append(("content-type", _CONTENT_TYPE))
+        try:
+            fut = await self._producer.send(topic, value=value, key=event.frame_id.encode(), headers=headers)
+        except KafkaError as e:
+            _end_failed(span, e)
+            raise BrokerError(f"publish to {topic} failed: {e}", retriable=e.retriable) from e
+        except BaseException as e:
+            _end_failed(span, e)
+            raise
+        delivery: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Any], et: str = event.event_type) -> None:
+            if f.cancelled():
+                span.end()
+                if not delivery.done():
+                    delivery.cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                _end_failed(span, exc)
+                if not delivery.done():
+                    retriable = bool(getattr(exc, "retriable", False))
+                    err = BrokerError(f"publish to {topic} failed: {exc}", retriable=retriable)
+                    err.__cause__ = exc
+                    delivery.set_exception(err)
+                return
+            meta = f.result()
+            span.set_attribute("messaging.destination.partition.id", str(meta.partition))
+            span.set_attribute("messaging.kafka.offset", meta.offset)
+            span.end()
+            self._delivered(topic, et)
+            if not delivery.done():
+                delivery.set_result(meta)
+
+        fut.add_done_callback(done)
+        return delivery
+
+    async def publish(
+        self, event: ev.FrameEvent, *, wait: bool = True, context: Context | None = None
+    ) -> None:
+        """Publish one event. ``context`` is the parent of the ``send`` span
+        (default: the current context), e.g. the span of the frame's whole
+        journey so that all its events share one trace. With ``wait=False``
+        a delivery failure is raised by the next call or by :meth:`flush`."""
+        delivery = await self.send(event, context=context)
+        if wait:
+            await delivery
+        else:
+            self._pending.add(delivery)
+            delivery.add_done_callback(self._on_done)
 
     def _delivered(self, topic: str, event_type: str) -> None:
         self.published += 1
         events_published.labels(topic, event_type).inc()
 
-    def _on_done(self, fut: asyncio.Future[Any], topic: str, event_type: str) -> None:
+    def _on_done(self, fut: asyncio.Future[Any]) -> None:
         self._pending.discard(fut)
         if fut.cancelled():
             return
@@ -160,9 +194,7 @@ class FramePublisher:
         if exc is not None:
             if self._failure is None:
                 self._failure = exc
-            log.error("delivery to %s failed: %s", topic, exc)
-        else:
-            self._delivered(topic, event_type)
+            log.error("%s", exc)
 
     async def flush(self) -> None:
         """Wait until every queued record is acknowledged; raise the first failure."""
@@ -173,45 +205,75 @@ class FramePublisher:
         self._raise_failure()
 
     # ---- lifecycle helpers for services ------------------------------------
+    # Each moves the frame on (unless the service already did) and publishes
+    # every change of the frame not yet published, the one just made included.
+    async def publish_changes(self, frame: Frame, **kw: Any) -> int:
+        """Publish ``frame``'s unpublished changes, oldest first; returns how many."""
+        n = 0
+        for change, event in ev.pending_events(frame, self.producer_name):
+            await self.publish(event, **kw)
+            frame.mark_published(change)
+            n += 1
+        return n
+
     async def captured(self, frame: Frame, **kw: Any) -> None:
-        await self.publish(ev.frame_captured(frame, self.producer_name), **kw)
+        await self.publish_changes(frame, **kw)
 
     async def queued(self, frame: Frame, **kw: Any) -> None:
-        frame.transition_to(ProcessingState.QUEUED)
-        await self.publish(ev.frame_queued(frame, self.producer_name), **kw)
+        if frame.state is not ProcessingState.QUEUED:
+            frame.transition_to(ProcessingState.QUEUED)
+        await self.publish_changes(frame, **kw)
 
     async def processing_started(self, frame: Frame, **kw: Any) -> None:
-        frame.transition_to(ProcessingState.PROCESSING)
-        await self.publish(ev.processing_started(frame, self.producer_name), **kw)
+        if frame.state is not ProcessingState.PROCESSING:
+            frame.transition_to(ProcessingState.PROCESSING)
+        await self.publish_changes(frame, **kw)
 
     async def completed(self, frame: Frame, **kw: Any) -> None:
-        frame.mark_as_completed()
-        await self.publish(ev.processing_completed(frame, self.producer_name), **kw)
+        if frame.state is not ProcessingState.COMPLETED:
+            frame.mark_as_completed()
+        await self.publish_changes(frame, **kw)
 
     async def failed(
-        self, frame: Frame, error: BaseException | FrameError, *, stage: str | None = None, **kw: Any
+        self,
+        frame: Frame,
+        error: BaseException | FrameError | str | None = None,
+        *,
+        error_type: str | None = None,
+        **kw: Any,
     ) -> None:
-        frame.mark_as_failed(error)
-        await self.publish(ev.processing_failed(frame, self.producer_name, stage=stage), **kw)
+        if frame.state is not ProcessingState.FAILED:
+            frame.mark_as_failed(error, error_type=error_type)
+        await self.publish_changes(frame, **kw)
 
     async def stage_started(self, stage: ProcessingStage, **kw: Any) -> None:
-        await self.publish(ev.stage_started(stage, self.producer_name), **kw)
+        await self.publish_changes(stage.frame, **kw)
 
     async def stage_finished(self, stage: ProcessingStage, **kw: Any) -> None:
-        await self.publish(ev.stage_finished(stage, self.producer_name), **kw)
+        await self.publish_changes(stage.frame, **kw)
 
     @contextlib.asynccontextmanager
     async def stage(self, frame: Frame, name: str, **kw: Any) -> AsyncIterator[ProcessingStage]:
         """Emit ``StageStarted``, run the block, then ``StageCompleted`` or
-        ``StageFailed`` (re-raising the block's error)."""
+        ``StageFailed`` (re-raising the block's error). The block may finish
+        the stage itself (``stage.complete()`` or ``stage.fail(...)``)."""
         stage = frame.start_processing_stage(name)
         with frame_context(frame), self._tracer.start_as_current_span(f"stage {name}"):
             await self.stage_started(stage, **kw)
             try:
                 yield stage
             except Exception as exc:
-                stage.fail(exc)
+                if not stage.finished:
+                    stage.fail(exc)
                 await self.stage_finished(stage, **kw)
                 raise
-            stage.complete()
+            if not stage.finished:
+                stage.complete()
             await self.stage_finished(stage, **kw)
+
+
+def _end_failed(span: Span, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, str(exc)))
+    span.end()

@@ -12,22 +12,20 @@ variables belong to the OpenTelemetry SDK, which reads them itself).
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
+import functools
+import inspect
 import os
 import re
-import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 FRAME_ID_KEY = "frame.id"
 CAMERA_ID_KEY = "camera.id"
@@ -42,38 +40,70 @@ class FrameContext:
 _frame_ctx: ContextVar[FrameContext | None] = ContextVar("tracker_frame_ctx", default=None)
 
 
-class _Tokens:
+class FrameContextToken:
+    """What :func:`reset_frame_context` needs to undo one :func:`set_frame_context`."""
+
+    __slots__ = ("otel_token", "var_token")
+
     def __init__(self, var_token: Token[FrameContext | None], otel_token: object) -> None:
         self.var_token = var_token
         self.otel_token = otel_token
 
 
-def set_frame_context(frame: Any) -> _Tokens:
-    """Make ``frame`` (anything with ``frame_id`` and ``camera_id``) the current frame.
+def _frame_of(frame: Any) -> FrameContext:
+    try:
+        return FrameContext(str(frame.frame_id), str(frame.camera_id))
+    except AttributeError:
+        raise TypeError(
+            f"a frame context needs an object with frame_id and camera_id, not {type(frame).__name__}"
+        ) from None
 
-    Returns a token for :func:`reset_frame_context`; prefer :func:`frame_context`.
-    """
-    fc = FrameContext(str(frame.frame_id), str(frame.camera_id))
+
+def _enter(fc: FrameContext) -> FrameContextToken:
     var_token = _frame_ctx.set(fc)
     ctx = baggage.set_baggage(FRAME_ID_KEY, fc.frame_id)
     ctx = baggage.set_baggage(CAMERA_ID_KEY, fc.camera_id, context=ctx)
-    return _Tokens(var_token, context.attach(ctx))
+    return FrameContextToken(var_token, context.attach(ctx))
 
 
-def reset_frame_context(tokens: _Tokens) -> None:
-    context.detach(tokens.otel_token)  # type: ignore[arg-type]
-    _frame_ctx.reset(tokens.var_token)
+def set_frame_context(frame: Any) -> FrameContextToken:
+    """Make ``frame`` (anything with ``frame_id`` and ``camera_id``) the current frame.
+
+    Every span started from here on in this task (and the tasks it creates)
+    carries the frame's ids, as do log lines and the baggage of published
+    records. The span that is current when this is called is about this frame
+    too, so it is stamped with the ids as well (it may have started before the
+    service knew which frame it was handling). Calling it once per frame in a
+    loop is correct: each call replaces the previous frame. Inside a
+    :func:`traced` function the frame stays current until that function
+    returns, then the caller's frame (if any) is current again. Concurrent
+    tasks each see their own frame (context variables are per task).
+
+    Returns a token for :func:`reset_frame_context`; :func:`frame_context` is
+    the scoped form.
+    """
+    fc = _frame_of(frame)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(FRAME_ID_KEY, fc.frame_id)
+        span.set_attribute(CAMERA_ID_KEY, fc.camera_id)
+    return _enter(fc)
+
+
+def reset_frame_context(token: FrameContextToken) -> None:
+    context.detach(token.otel_token)  # type: ignore[arg-type]
+    _frame_ctx.reset(token.var_token)
 
 
 @contextlib.contextmanager
 def frame_context(frame: Any) -> Iterator[FrameContext]:
-    tokens = set_frame_context(frame)
+    """``with frame_context(frame):`` — the frame is current inside the block only."""
+    fc = _frame_of(frame)
+    token = _enter(fc)
     try:
-        fc = _frame_ctx.get()
-        assert fc is not None
         yield fc
     finally:
-        reset_frame_context(tokens)
+        reset_frame_context(token)
 
 
 def current_frame_context() -> FrameContext | None:
@@ -144,10 +174,10 @@ Headers = Sequence[tuple[str, bytes]]
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-def inject_headers() -> list[tuple[str, bytes]]:
-    """``traceparent``/``tracestate``/``baggage`` of the current context, as Kafka headers."""
+def inject_headers(ctx: context.Context | None = None) -> list[tuple[str, bytes]]:
+    """W3C ``traceparent``/``tracestate``/``baggage`` of ``ctx`` (default: current), as Kafka headers."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=ctx)
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
@@ -206,50 +236,125 @@ def current_trace_ids() -> tuple[str, str] | None:
     return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
 
 
-# ---- logging ---------------------------------------------------------------
+def inject_carrier() -> dict[str, str]:
+    """The current trace context (and frame baggage) as W3C headers, for a
+    service that hands a frame to another over its own transport; the receiver
+    passes them on as ``Frame.resume(..., trace_context=...)``."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
-class FrameContextFilter(logging.Filter):
-    """Adds ``frame_id``, ``camera_id``, ``trace_id`` and ``span_id`` to every record."""
+# ---- @traced ---------------------------------------------------------------
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        fc = current_frame_context()
-        record.frame_id = fc.frame_id if fc else None
-        record.camera_id = fc.camera_id if fc else None
-        ids = current_trace_ids()
-        record.trace_id, record.span_id = ids if ids else (None, None)
-        return True
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+def _find_frame(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """The frame a traced call is about: the ``frame`` keyword, else the first
+    argument that has both ``frame_id`` and ``camera_id``."""
+    candidate = kwargs.get("frame")
+    if candidate is not None and hasattr(candidate, "frame_id") and hasattr(candidate, "camera_id"):
+        return candidate
+    for arg in args:
+        if hasattr(arg, "frame_id") and hasattr(arg, "camera_id"):
+            return arg
+    return None
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STD_ATTRS and value is not None and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+@contextlib.contextmanager
+def _traced_scope(
+    tracer: trace.Tracer,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    attributes: Mapping[str, Any] | None,
+    kind: SpanKind,
+) -> Iterator[trace.Span]:
+    frame = _find_frame(args, kwargs)
+    # Whatever frame the function makes current (set_frame_context inside it)
+    # stays current until it returns, then the caller's frame is back.
+    restore = _frame_ctx.set(_frame_ctx.get())
+    token = _enter(_frame_of(frame)) if frame is not None else None
+    parent = None
+    carried = getattr(frame, "trace_context", None)
+    if carried and not trace.get_current_span().get_span_context().is_valid:
+        parent = propagate.extract(dict(carried))  # continue the trace the frame arrived with
+    try:
+        with tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as e:
+                span.record_exception(e)
+                span.set_attribute("error.type", type(e).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, f"{type(e).__name__}: {e}"))
+                raise
+    finally:
+        if token is not None:
+            reset_frame_context(token)
+        _frame_ctx.reset(restore)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(FrameContextFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # aiokafka logs every reconnect attempt at ERROR; keep them, but not at DEBUG floods.
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+@overload
+def traced(func: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def traced(
+    *,
+    span_name: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def traced(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    span_name: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Any:
+    """Run the function (sync or ``async``) in a span named ``span_name``
+    (default: its qualified name).
+
+    If an argument is a frame (has ``frame_id`` and ``camera_id``), that frame
+    is current before the span starts, so the span carries its ids; and a frame
+    that arrived with a ``trace_context`` (W3C headers from the service that
+    handed it over) continues that trace when no span is current. An exception
+    is recorded on the span, sets its status to ERROR and ``error.type``, and
+    propagates unchanged.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise TypeError(f"@traced does not wrap generators ({fn.__qualname__})")
+        name = span_name or fn.__qualname__
+        tracer = trace.get_tracer(fn.__module__)
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with _traced_scope(tracer, name, args, kwargs, attributes, kind):
+                    return await fn(*args, **kwargs)
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            with _traced_scope(tracer, name, args, kwargs, attributes, kind):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate(func) if func is not None else decorate

@@ -1,3 +1,5 @@
+import io
+import json
 import logging
 
 import pytest
@@ -8,8 +10,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tracker.domain import Frame
 from tracker.lifecycle import AFTER_TERMINAL, CONFLICTING_TERMINAL, DUPLICATE_TERMINAL, flag_batch
+from tracker.logs import setup_logging
 from tracker.telemetry import (
-    FrameContextFilter,
     FrameContextSpanProcessor,
     frame_context,
     inject_headers,
@@ -74,20 +76,26 @@ def test_frame_context_reaches_spans_logs_and_baggage() -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("t")
     frame = Frame.capture("cam-9", frame_id="frame-42")
-    record = logging.LogRecord("x", logging.INFO, "", 0, "m", None, None)
-    with frame_context(frame):
-        with tracer.start_as_current_span("work"):
-            FrameContextFilter().filter(record)
-            headers = dict(inject_headers())
-        with trace.use_span(trace.INVALID_SPAN):
-            pass
+    out = io.StringIO()
+    setup_logging("INFO", "json", stream=out)
+    try:
+        with frame_context(frame):
+            with tracer.start_as_current_span("work"):
+                logging.getLogger("x").info("m")
+                headers = dict(inject_headers())
+            with trace.use_span(trace.INVALID_SPAN):
+                pass
+    finally:
+        setup_logging("WARNING", "json")
+    record = json.loads(out.getvalue().splitlines()[0])
     span = exporter.get_finished_spans()[0]
     assert span.attributes["frame.id"] == "frame-42"
     assert span.attributes["camera.id"] == "cam-9"
-    assert record.frame_id == "frame-42" and record.camera_id == "cam-9"
-    assert record.trace_id == format(span.context.trace_id, "032x")
+    assert record["frame_id"] == "frame-42" and record["camera_id"] == "cam-9"
+    assert record["trace_id"] == format(span.context.trace_id, "032x")
+    assert record["msg"] == "m" and record["level"] == "info" and record["logger"] == "x"
     assert b"frame.id=frame-42" in headers["baggage"]
-    assert parse_traceparent(headers["traceparent"])[0] == record.trace_id
+    assert parse_traceparent(headers["traceparent"])[0] == record["trace_id"]
     # Outside the context nothing leaks.
     with tracer.start_as_current_span("later"):
         pass
