@@ -473,7 +473,7 @@ class EventStoreConsumer:
                 if row["duration_ms"] is not None:
                     h = histograms.get((camera, stage))
                     if h is None:
-                        h = metrics.frame_processing_duration.labels(camera, stage)
+                        h = metrics.tracker_frame_processing_duration.labels(camera, stage)
                         histograms[(camera, stage)] = h
                     tid = row["trace_id"]
                     ex = {"trace_id": tid, "span_id": row["span_id"] or ""} if tid else None
@@ -481,6 +481,6 @@ class EventStoreConsumer:
         for et, n in stored.items():
             metrics.events_stored.labels(et).inc(n)
         for labels, n in processed.items():
-            metrics.frames_processed.labels(*labels).inc(n)
+            metrics.tracker_frames_processed.labels(*labels).inc(n)
         for labels, n in errors.items():
-            metrics.frame_errors.labels(*labels).inc(n)
+            metrics.tracker_frame_errors.labels(*labels).inc(n)

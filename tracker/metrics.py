@@ -25,21 +25,21 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # Frame-level (what the pipeline did).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-frame_processing_duration = Histogram(
-    "frame_processing_duration_seconds",
+tracker_frame_processing_duration = Histogram(
+    "tracker_frame_processing_duration_seconds",
     "Time a frame spent in a processing stage (stage='total' for the whole run).",
     ["camera_id", "stage"],
     buckets=DURATION_BUCKETS,
     registry=REGISTRY,
 )
-frames_processed = Counter(
-    "frames_processed",
+tracker_frames_processed = Counter(
+    "tracker_frames_processed",
     "Frames (stage='total') or stage runs that finished, by outcome.",
     ["camera_id", "stage", "status"],
     registry=REGISTRY,
 )
-frame_errors = Counter(
-    "frame_errors",
+tracker_frame_errors = Counter(
+    "tracker_frame_errors",
     "Failed stages and frames by error type.",
     ["camera_id", "stage", "error_type"],
     registry=REGISTRY,
@@ -137,11 +137,11 @@ def _exemplar() -> dict[str, str] | None:
 
 
 def increment_frames_processed(camera_id: str, stage: str = "total", status: str = "completed") -> None:
-    frames_processed.labels(camera_id, stage, status).inc()
+    tracker_frames_processed.labels(camera_id, stage, status).inc()
 
 
 def increment_frame_errors(camera_id: str, stage: str, error_type: str) -> None:
-    frame_errors.labels(camera_id, stage, error_type).inc()
+    tracker_frame_errors.labels(camera_id, stage, error_type).inc()
 
 
 def observe_processing_duration(
@@ -154,7 +154,7 @@ def observe_processing_duration(
 ) -> None:
     """Observe one duration, with the given or the current span as the exemplar."""
     exemplar = {"trace_id": trace_id, "span_id": span_id or ""} if trace_id else _exemplar()
-    frame_processing_duration.labels(camera_id, stage).observe(seconds, exemplar)
+    tracker_frame_processing_duration.labels(camera_id, stage).observe(seconds, exemplar)
 
 
 class TimingContext:

@@ -344,11 +344,11 @@ def check_structure(dashboards: Mapping[str, Mapping[str, Any]]) -> Problems:
     targets = [t for p in iter_panels(pipe.get("panels") or []) for t in p.get("targets") or []]
     prom_exprs = [str(t.get("expr")) for t in targets if datasource_uid(t) == PROM_UID]
     wanted = {
-        "processing rate": r"rate\(frames_processed_total",
-        "error rate": r"frame_errors_total|status=\"failed\"",
+        "processing rate": r"rate\(tracker_frames_processed_total",
+        "error rate": r"tracker_frame_errors_total|status=\"failed\"",
         "latency percentile": (
             r"histogram_quantile\([^,]+,\s*sum by \([^)]*\ble\b[^)]*\) "
-            r"\(rate\(frame_processing_duration_seconds_bucket"
+            r"\(rate\(tracker_frame_processing_duration_seconds_bucket"
         ),
         "consumer lag": r"tracker_consumer_lag_records",
         "projection lag": r"tracker_projection_lag_records",
@@ -358,7 +358,7 @@ def check_structure(dashboards: Mapping[str, Mapping[str, Any]]) -> Problems:
         if not any(re.search(pattern, e) for e in prom_exprs):
             problems.append(f"{PIPELINE}: no PromQL panel for {what}")
     if not any(
-        t.get("exemplar") and "frame_processing_duration_seconds_bucket" in str(t.get("expr"))
+        t.get("exemplar") and "tracker_frame_processing_duration_seconds_bucket" in str(t.get("expr"))
         for t in targets
     ):
         problems.append(f"{PIPELINE}: exemplars are not enabled on the latency panel")

@@ -11,8 +11,9 @@ workers.
   alert rules, while a simulated workload and one undecodable record go
   through. Then every PromQL expression of the Grafana dashboards and of the
   alert rules must parse and run, the ones that describe the workload must
-  return data, and the exemplars of ``frame_processing_duration_seconds`` must
-  carry trace ids that exist in that test's ``frame_events``.
+  return data, and the exemplars of
+  ``tracker_frame_processing_duration_seconds`` must carry trace ids that
+  exist in that test's ``frame_events``.
 
 Each checker returns a list of problems; the ``*_can_fail`` tests and the end
 of the live test feed them broken input, so none of them passes by accident.
@@ -443,9 +444,9 @@ async def test_live_scrape_dashboards_and_rules(
         # Exemplars: the raw histogram, and each dashboard target that shows them.
         end = time.time() + 1
         ids = await asyncio.to_thread(
-            exemplar_trace_ids, prom, "frame_processing_duration_seconds_bucket", t0, end
+            exemplar_trace_ids, prom, "tracker_frame_processing_duration_seconds_bucket", t0, end
         )
-        problems += check_exemplars(ids, stored_traces, "frame_processing_duration_seconds_bucket")
+        problems += check_exemplars(ids, stored_traces, "tracker_frame_processing_duration_seconds_bucket")
         exemplar_targets = [t for t in targets if t.exemplar]
         assert exemplar_targets, "no dashboard target shows exemplars"
         for t in exemplar_targets:
@@ -466,12 +467,12 @@ async def test_live_scrape_dashboards_and_rules(
         # The checks can fail: a parse error, a misspelled metric, NaN-only
         # quantiles, an alert that should be quiet, unknown trace ids, a bad rule.
         broken = [
-            Query("syntax", "sum by (camera_id (rate(frames_processed_total[1m]))", True),
-            Query("typo", 'sum(rate(frames_processed_totl{stage="total"}[1m]))', True),
+            Query("syntax", "sum by (camera_id (rate(tracker_frames_processed_total[1m]))", True),
+            Query("typo", 'sum(rate(tracker_frames_processed_totl{stage="total"}[1m]))', True),
             Query(
                 "nan",
-                'histogram_quantile(0.5, rate(frame_processing_duration_seconds_bucket{stage="nope"}[1m]))'
-                " or vector(NaN)",
+                "histogram_quantile(0.5,"
+                ' rate(tracker_frame_processing_duration_seconds_bucket{stage="nope"}[1m])) or vector(NaN)',
                 True,
                 finite=True,
             ),
