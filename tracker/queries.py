@@ -11,6 +11,7 @@ as the ``tracker_read`` role.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -158,14 +159,29 @@ class TraceLink:
 
 
 class FrameTrackingQueries:
-    """Read-only queries. Use ``async with FrameTrackingQueries.connect(settings) as q``."""
+    """Read-only queries over the projections and the event store.
+
+    ``connect()`` works both ways, as asyncpg's pools do::
+
+        q = await FrameTrackingQueries.connect()        # close with await q.close()
+        async with FrameTrackingQueries.connect() as q:  # closed on exit
+            journey = await q.get_frame_journey(frame_id)
+
+    Without ``settings`` they are read from the ``TRACKER_*`` variables.
+    """
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self.settings = settings
 
     @classmethod
-    async def connect(cls, settings: Settings) -> FrameTrackingQueries:
+    def connect(cls, settings: Settings | None = None) -> _Connecting:
+        return _Connecting(cls, settings)
+
+    @classmethod
+    async def _open(cls, settings: Settings | None) -> FrameTrackingQueries:
+        settings = settings or Settings.from_env()
+
         async def init(conn: asyncpg.Connection) -> None:
             # Read as tracker_read where the migrations created it.
             if await conn.fetchval(
@@ -454,3 +470,24 @@ def _percentiles(buckets: list[int] | None, count: Any, total: Any, prefix: str)
         f"{prefix}_p99_ms": _round(percentile_from_buckets(b, 0.99)),
         "bucket_bounds_ms": list(BUCKET_BOUNDS_MS),
     }
+
+
+class _Connecting:
+    """What ``FrameTrackingQueries.connect()`` returns: await it, or ``async with`` it."""
+
+    def __init__(self, cls: type[FrameTrackingQueries], settings: Settings | None) -> None:
+        self._cls = cls
+        self._settings = settings
+        self._queries: FrameTrackingQueries | None = None
+
+    def __await__(self) -> Generator[Any, None, FrameTrackingQueries]:
+        return self._cls._open(self._settings).__await__()
+
+    async def __aenter__(self) -> FrameTrackingQueries:
+        self._queries = await self._cls._open(self._settings)
+        return self._queries
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._queries is not None:
+            queries, self._queries = self._queries, None
+            await queries.close()

@@ -80,3 +80,59 @@ def test_stage_needs_processing_state_and_aware_timestamp() -> None:
     with pytest.raises(TrackerError, match="timezone"):
         Frame.capture("cam", timestamp=datetime(2026, 1, 1))
     assert Frame.capture("cam", timestamp=datetime(2026, 1, 1, tzinfo=UTC)).frame_id.startswith("cam-")
+
+
+# ---- failures given as messages (the guide's ``fail(str(e))``) -------------------
+
+
+def _processing_frame() -> Frame:
+    from tracker.domain import ProcessingState
+
+    frame = Frame.capture("cam-1")
+    frame.transition_to(ProcessingState.QUEUED)
+    frame.transition_to(ProcessingState.PROCESSING)
+    return frame
+
+
+def test_message_inside_except_records_the_handled_exception_class() -> None:
+    frame = _processing_frame()
+    stage = frame.start_processing_stage("detect")
+    try:
+        raise TimeoutError("model took 3 s")
+    except Exception as e:
+        stage.fail(str(e))
+        frame.mark_as_failed(str(e))
+    assert stage.error is not None and stage.error.error_type == "TimeoutError"
+    assert stage.error.message == "model took 3 s"
+    assert frame.error is not None and frame.error.error_type == "TimeoutError"
+    assert frame.changes[-1].stage_name == "detect"  # ProcessingFailed names the failed stage
+
+
+def test_message_outside_except_gets_the_documented_default_and_explicit_type_wins() -> None:
+    from tracker.domain import DEFAULT_ERROR_TYPE
+
+    frame = _processing_frame()
+    a = frame.start_processing_stage("detect").fail("camera feed lost")
+    assert a.error is not None
+    assert (a.error.error_type, a.error.message) == (DEFAULT_ERROR_TYPE, "camera feed lost")
+    try:
+        raise KeyError("x")
+    except KeyError:
+        b = frame.start_processing_stage("detect").fail("bad input", error_type="InputRejected")
+    assert b.error is not None and b.error.error_type == "InputRejected"
+    assert "str" not in {a.error.error_type, b.error.error_type}
+
+
+def test_failing_a_frame_fails_its_running_stages() -> None:
+    frame = _processing_frame()
+    running = frame.start_processing_stage("analyze")
+    frame.mark_as_failed("shutdown", error_type="Shutdown")
+    assert running.status.value == "failed" and running.error is not None
+    assert running.error.error_type == "Shutdown"
+    assert [c.kind.value for c in frame.changes][-2:] == ["StageFailed", "ProcessingFailed"]
+
+
+def test_an_error_that_is_not_an_error_is_refused() -> None:
+    frame = _processing_frame()
+    with pytest.raises(TypeError):
+        frame.start_processing_stage("detect").fail(42)  # type: ignore[arg-type]
