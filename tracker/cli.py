@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tracker import __version__
 from tracker.config import Settings, mask_url_password
 from tracker.errors import ConfigError, DatabaseUnavailable, NotFound, TrackerError
 from tracker.queries import InvalidQuery
@@ -106,6 +107,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tracker", description="Frame tracking for the Detektor video pipeline.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")

@@ -5,10 +5,11 @@ Wire format (Avro specification, "Single-object encoding"):
 which is the byte order fastavro's hex fingerprint already has) + binary body.
 
 Decoding looks the writer schema up by fingerprint among every
-``schemas/frame_event.v*.avsc`` and resolves it into the newest one, so records
-written by any released version stay readable. Every way a record can be bad
-ends in a :class:`~tracker.errors.DecodeError` subclass, never in another
-exception: the event-store consumer dead-letters exactly those.
+``schemas/frame_event.v*.avsc`` (package data ``tracker.schemas``) and
+resolves it into the newest one, so records written by any released version
+stay readable. Every way a record can be bad ends in a
+:class:`~tracker.errors.DecodeError` subclass, never in another exception: the
+event-store consumer dead-letters exactly those.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -44,7 +46,9 @@ from tracker.events import (
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 CONTENT_TYPE = "application/vnd.apache.avro+binary; format=single-object"
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The repository's schemas/ folder, shipped as the package tracker.schemas
+# (pyproject.toml): the same code reads it from a checkout and from a wheel.
+SCHEMA_DIR: Traversable = resources.files("tracker.schemas")
 _VERSION_RE = re.compile(r"^frame_event\.v(\d+)\.avsc$")
 
 # Validation bounds: generous for real cameras, tight enough that a corrupt or
@@ -66,20 +70,21 @@ class SchemaVersion:
     version: int
     fingerprint: bytes
     schema: dict[str, Any]  # parsed by fastavro
-    path: Path
+    path: Traversable
 
 
 def schema_fingerprint(schema: Mapping[str, Any]) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(dict(schema)), "CRC-64-AVRO"))
 
 
-def load_schema_versions(directory: Path = SCHEMA_DIR) -> list[SchemaVersion]:
+def load_schema_versions(directory: Traversable = SCHEMA_DIR) -> list[SchemaVersion]:
+    """Every ``frame_event.vN.avsc`` in ``directory`` (a Path works too), oldest first."""
     versions = []
-    for path in sorted(directory.glob("frame_event.v*.avsc")):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
         m = _VERSION_RE.match(path.name)
-        if not m:
+        if not m or not path.is_file():
             continue
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
         versions.append(
             SchemaVersion(
                 version=int(m.group(1)),
@@ -107,7 +112,7 @@ class Decoded:
 class FrameEventCodec:
     """Encodes with the newest schema; decodes any kept version into the newest."""
 
-    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(self, schema_dir: Traversable = SCHEMA_DIR) -> None:
         versions = load_schema_versions(schema_dir)
         self._by_fp = {v.fingerprint: v for v in versions}
         self.current = versions[-1]

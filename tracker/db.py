@@ -15,7 +15,8 @@ import re
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -26,7 +27,9 @@ from tracker.errors import DatabaseUnavailable, MigrationError, StorageError
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The repository's sql/ folder, shipped as the package tracker.sql
+# (pyproject.toml): the same code reads it from a checkout and from a wheel.
+SQL_DIR: Traversable = resources.files("tracker.sql")
 
 # SQLSTATE classes that mean "try again later", not "this data is bad":
 # 08 connection exception, 53 insufficient resources, 57 operator intervention
@@ -190,13 +193,14 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+def load_migrations(directory: Traversable = SQL_DIR) -> list[Migration]:
+    """Every ``NNN_name.sql`` in ``directory`` (a Path works too), in file-name order."""
     out = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
         m = _MIGRATION_RE.match(path.name)
-        if not m:
+        if not m or not path.is_file():
             continue
-        out.append(Migration(int(m.group(1)), m.group(2), path.read_text()))
+        out.append(Migration(int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
     versions = [m.version for m in out]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"duplicate migration numbers in {directory}")
@@ -210,7 +214,7 @@ class MigrationReport:
     timescaledb: bool
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path = SQL_DIR) -> MigrationReport:
+async def migrate(conn: asyncpg.Connection, directory: Traversable = SQL_DIR) -> MigrationReport:
     """Apply pending migrations, each in its own transaction; verify applied ones.
 
     An applied migration whose file has changed is an error: migrations are
