@@ -612,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tracker: configuration error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    from tracker.telemetry import setup_logging
+    from tracker.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     debug = settings.log_level.upper() == "DEBUG"
