@@ -202,6 +202,10 @@ class Frame:
     #: over (see ``Frame.resume``); ``@traced`` continues that trace.
     trace_context: dict[str, str] = field(default_factory=dict, repr=False)
     _published: set[str] = field(default_factory=set, repr=False)
+    #: Called when the frame reaches its end (completed or failed); a repository
+    #: that saved the frame sets it so that the end is published without
+    #: waiting for another save (see ``FrameRepository``).
+    on_terminal: Callable[[Frame], None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def capture(
@@ -293,6 +297,8 @@ class Frame:
             failed = [s for s in self.stages if s.status is StageStatus.FAILED]
             failed_stage = failed[-1].name if failed else None
         self._record(_STATE_CHANGE[target], now, stage_name=failed_stage)
+        if target.terminal and self.on_terminal is not None:
+            self.on_terminal(self)
 
     # ---- what a repository publishes ----------------------------------------
     @property
@@ -340,6 +346,11 @@ class Frame:
                 stage.fail(err)
         self.error = err
         self.transition_to(ProcessingState.FAILED)
+
+    @property
+    def id(self) -> str:
+        """The frame id (the guide writes ``frame.id``)."""
+        return self.frame_id
 
     @property
     def total_processing_time_ms(self) -> float | None:

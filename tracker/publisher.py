@@ -59,6 +59,7 @@ class FramePublisher:
         self._producer = make_producer(settings, **producer_options)
         self._tracer = get_tracer("tracker.publisher")
         self._pending: set[asyncio.Future[Any]] = set()
+        self._held: set[asyncio.Task[Any]] = set()
         self._failure: BaseException | None = None
         self._started = False
         self.published = 0
@@ -75,11 +76,19 @@ class FramePublisher:
             raise BrokerError(f"cannot start producer: {e}", retriable=e.retriable) from e
         self._started = True
 
+    def hold(self, task: asyncio.Task[Any]) -> None:
+        """Keep the publisher open until ``task`` is done: :meth:`stop` waits
+        for it before flushing (a repository's background publish, say)."""
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
+
     async def stop(self) -> None:
-        """Flush what is queued, then close. Safe to call twice."""
+        """Wait for held tasks, flush what is queued, then close. Safe to call twice."""
         if not self._started:
             return
         try:
+            if self._held:
+                await asyncio.gather(*list(self._held), return_exceptions=True)
             await self.flush()
         finally:
             self._started = False

@@ -16,6 +16,11 @@ frame, event type, stage and attempt), whether through ``save`` or
 ``save(frame)`` and then ``save_event(ProcessingStarted...)`` record one
 ``ProcessingStarted``, not two. The memory of published facts is bounded
 (``remember_frames`` most recent frames).
+
+A frame this repository has saved is attached to it: when the frame
+completes or fails, what is pending is published at once, in the background
+(``FramePublisher.stop`` waits for it), so a failure that is raised rather
+than saved is still recorded. A later ``save(frame)`` waits for that publish.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
@@ -34,6 +40,7 @@ from tracker.errors import BrokerError, PublishError
 from tracker.publisher import FramePublisher
 
 FactKey = tuple[str, str, str | None, int]
+log = logging.getLogger(__name__)
 
 
 class FrameRepository:
@@ -57,7 +64,7 @@ class FrameRepository:
         self.timeout = timeout
         self._remember = remember_frames
         self._facts: OrderedDict[str, set[FactKey]] = OrderedDict()
-        self._in_flight: set[str] = set()
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}
 
     # ---- memory of published facts ------------------------------------------
     def _published(self, key: FactKey) -> bool:
@@ -76,25 +83,32 @@ class FrameRepository:
 
     # ---- the write side ---------------------------------------------------------
     async def save(self, frame: Frame) -> int:
-        """Publish ``frame``'s unpublished changes; returns how many were published.
+        """Publish ``frame``'s unpublished changes; returns how many this call
+        saw published (sent by it, or by a save of the frame already under way).
 
         Raises :class:`PublishError` (one error, whatever the number of events)
         if any could not be published; those stay pending for the next save.
         """
+        self._attach(frame)
         await self.publisher.start()
         todo: list[tuple[FrameChange, ev.FrameEvent]] = []
+        under_way: list[asyncio.Future[bool]] = []
         for change, event in ev.pending_events(frame, self.producer):
-            if change.change_id in self._in_flight:
-                continue  # a concurrent save of this frame is sending it
-            if self._published(event.fact_key):
+            running = self._in_flight.get(change.change_id)
+            if running is not None:
+                under_way.append(running)  # another save of this frame is sending it
+            elif self._published(event.fact_key):
                 frame.mark_published(change)  # the service published this fact itself
-                continue
-            todo.append((change, event))
-        if not todo:
+            else:
+                todo.append((change, event))
+        if not todo and not under_way:
             return 0
+        loop = asyncio.get_running_loop()
+        mine = {c.change_id: loop.create_future() for c, _ in todo}
+        self._in_flight.update(mine)
         sent: list[tuple[FrameChange, ev.FrameEvent, asyncio.Future[RecordMetadata]]] = []
         first_error: BaseException | None = None
-        self._in_flight.update(c.change_id for c, _ in todo)
+        published = 0
         try:
             # Queue every event before waiting for any: one round trip for the
             # frame, and the order of one partition is the order sent.
@@ -104,7 +118,6 @@ class FrameRepository:
                 except BrokerError as e:
                     first_error = e
                     break  # later events wait with the rest: nothing out of order
-            published = 0
             for change, event, delivery in sent:
                 try:
                     await self._wait(delivery)
@@ -113,9 +126,18 @@ class FrameRepository:
                     continue
                 frame.mark_published(change)
                 self._remember_fact(event.fact_key)
+                mine[change.change_id].set_result(True)
                 published += 1
         finally:
-            self._in_flight.difference_update(c.change_id for c, _ in todo)
+            for change_id, fut in mine.items():
+                del self._in_flight[change_id]
+                if not fut.done():
+                    fut.set_result(False)
+        for outcome in await asyncio.gather(*under_way, return_exceptions=True):
+            if outcome is True:
+                published += 1
+            elif first_error is None:
+                first_error = BrokerError("a concurrent save of this frame could not publish it")
         if first_error is not None:
             pending = len(frame.pending_changes)
             raise PublishError(
@@ -125,6 +147,30 @@ class FrameRepository:
                 pending=pending,
             ) from first_error
         return published
+
+    # ---- a frame's end is published without waiting for a save ----------------
+    def _attach(self, frame: Frame) -> None:
+        if frame.on_terminal is None:
+            frame.on_terminal = self._frame_ended
+
+    def _frame_ended(self, frame: Frame) -> None:
+        """A saved frame completed or failed. Services often fail a frame and
+        re-raise without saving again (the guide's error handling does): its
+        end must not stay unpublished, so it is published now, in the
+        background; a save of the frame that follows waits for it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop: the next save(frame) publishes it
+        task = loop.create_task(self._save_ended(frame), name=f"save ended frame {frame.frame_id}")
+        self.publisher.hold(task)
+
+    async def _save_ended(self, frame: Frame) -> None:
+        try:
+            await self.save(frame)
+        except PublishError as e:
+            # One line, no traceback: the events stay pending on the frame.
+            log.warning("%s", e)
 
     async def save_event(self, event: ev.FrameEvent) -> bool:
         """Publish one event; ``False`` if this repository already published

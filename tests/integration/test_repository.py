@@ -78,7 +78,7 @@ async def test_save_while_the_broker_is_down_then_after_it_returns(settings: Set
         assert await repo.save(frame) == 0
 
     setup_logging("WARNING", "json")
-    print(f"\nsave during outage failed after {outage_s:.1f} s; after restart published in {recovery_s:.1f} s")
+    print(f"\nsave in the outage failed after {outage_s:.1f} s; published {recovery_s:.1f} s after it")
     lines = logs.getvalue().splitlines()
     assert not any("Traceback" in line for line in lines), "a traceback reached the service's logs"
     for line in lines:

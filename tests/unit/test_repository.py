@@ -29,9 +29,17 @@ class StandInPublisher(FramePublisher):
         self.producer_name = "stand-in"
         self.log: list[ev.FrameEvent] = []
         self.outcomes = outcomes
+        self.held: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         return None
+
+    def hold(self, task: asyncio.Task[Any]) -> None:
+        self.held.add(task)
+
+    async def settle(self) -> None:
+        """What ``stop()`` does first: wait for the background publishes."""
+        await asyncio.gather(*self.held)
 
     async def send(self, event: ev.FrameEvent, *, context: Any = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -114,6 +122,7 @@ def test_published_events_are_the_implied_ones_each_once(ops: list[str], outcome
                     assert e.pending == len(frame.pending_changes) > 0
             else:
                 apply(frame, op, expected)
+        await pub.settle()
         # The broker is healthy again: saves until nothing is pending.
         pub.outcomes = None
         await repo.save(frame)
@@ -180,3 +189,32 @@ async def test_track_saves_a_failed_frame_and_keeps_the_blocks_error() -> None:
 def test_repository_needs_a_publisher() -> None:
     with pytest.raises(TypeError, match="FramePublisher"):
         FrameRepository(object())  # type: ignore[arg-type]
+
+
+async def test_a_saved_frame_that_fails_and_raises_is_still_published() -> None:
+    """The guide's error handling fails the frame and re-raises, with no save after."""
+    pub = StandInPublisher()
+    repo = FrameRepository(pub)
+    frame = Frame.resume("f-4", "cam-1", datetime(2026, 1, 1, tzinfo=UTC))
+    frame.transition_to(ProcessingState.PROCESSING)
+    await repo.save(frame)
+    stage = frame.start_processing_stage("analyze")
+    with pytest.raises(LookupError):
+        try:
+            raise LookupError("no track")
+        except Exception as e:
+            stage.fail(str(e))
+            frame.mark_as_failed(str(e))
+            raise
+    await pub.settle()  # FramePublisher.stop() does this before closing
+    assert [e.event_type for e in pub.log] == [
+        "ProcessingStarted", "StageStarted", "StageFailed", "ProcessingFailed",
+    ]  # fmt: skip
+    assert frame.pending_changes == []
+    # A save right after the end waits for the background publish instead of repeating it.
+    frame2 = Frame.resume("f-5", "cam-1", datetime(2026, 1, 1, tzinfo=UTC))
+    frame2.transition_to(ProcessingState.PROCESSING)
+    await repo.save(frame2)
+    frame2.mark_as_completed()
+    assert await repo.save(frame2) == 1
+    assert [e.event_type for e in pub.log].count("ProcessingCompleted") == 1
