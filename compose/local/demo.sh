@@ -11,6 +11,10 @@ step "migrations"
 $T migrate
 step "simulating 4 cameras at 10 fps for 6 s (detect -> analyze -> notify, 8% failures)"
 $T simulate --cameras 4 --fps 10 --duration 6 --failure-rate 0.08 --seed "$RANDOM"
+step "instrumented example services (examples/): 2 cameras -> a processor, every 4th frame fails"
+example=$(.venv/bin/python -m examples.run_pipeline --cameras 2 --frames 4 --fail-every 4 2>/dev/null)
+echo "$example" | .venv/bin/python -c \
+  'import json,sys; r=json.load(sys.stdin); print("%d frames published by the example services; failed: %s" % (r["frames"], ", ".join(r["failed"]) or "none"))'
 step "event-store consumer (group tracker.event-store), until caught up"
 $T consume --until-idle --metrics-port 0
 step "projection worker (group tracker.projections), until caught up"
@@ -28,6 +32,11 @@ failed=$($T failures --hours 24 --json | .venv/bin/python -c \
   'import json,sys; r=json.load(sys.stdin)["by_stage_error_camera"]; print(r[0]["sample_frame_id"] if r else "")')
 if [ -n "$completed" ]; then step "journey of a completed frame"; $T journey "$completed"; fi
 if [ -n "$failed" ]; then step "journey of a failed frame"; $T journey "$failed"; fi
+example_failed=$(echo "$example" | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin)["failed"]; print(r[0] if r else "")')
+if [ -n "$example_failed" ]; then
+  step "journey of a frame the example processor failed (one trace, camera to processor)"
+  $T journey "$example_failed"
+fi
 
 step "dead letters and pipeline status"
 $T dlq list --limit 5
