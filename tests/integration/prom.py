@@ -134,7 +134,8 @@ class PrometheusServer:
     """A private Prometheus: own port, own TSDB folder, our scrape targets.
 
     ``jobs`` maps a job name to its ``host:port`` targets; ``rule_files`` are
-    loaded as they are (absolute paths or globs).
+    loaded as they are (absolute paths or globs). ``admin_api`` enables the TSDB
+    admin endpoints (:meth:`delete_series`).
     """
 
     def __init__(
@@ -144,8 +145,10 @@ class PrometheusServer:
         jobs: Mapping[str, Sequence[str]],
         rule_files: Sequence[str] = (),
         scrape_interval: str = "1s",
+        admin_api: bool = False,
     ) -> None:
         self.tools = tools
+        self.admin_api = admin_api
         self.workdir = workdir
         self.jobs = dict(jobs)
         self.rule_files = list(rule_files)
@@ -187,6 +190,7 @@ class PrometheusServer:
                 "--enable-feature=exemplar-storage",
                 "--storage.tsdb.retention.time=1h",
                 "--log.level=warn",
+                *(["--web.enable-admin-api"] if self.admin_api else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -264,6 +268,18 @@ class PrometheusServer:
 
     def query_exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
         return list(self.api("query_exemplars", query=expr, start=start, end=end))
+
+    def delete_series(self, match: str) -> None:
+        """Delete every sample of the series ``match`` selects (admin API); the
+        queries that follow no longer see them, at any evaluation time."""
+        form = urllib.parse.urlencode({"match[]": match}).encode()
+        req = urllib.request.Request(f"{self.url}/api/v1/admin/tsdb/delete_series", data=form, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                if r.status not in (200, 204):
+                    raise PromQLError(f"delete_series {match}: HTTP {r.status}")
+        except urllib.error.HTTPError as e:
+            raise PromQLError(f"delete_series {match}: HTTP {e.code} {e.read()[:500]!r}") from None
 
     def active_targets(self) -> list[dict[str, Any]]:
         return list(self.api("targets", state="active")["activeTargets"])

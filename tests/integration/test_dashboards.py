@@ -12,6 +12,10 @@
   against a real Prometheus (both collect them with prom.dashboard_promql(),
   which is checked here against an independent walk of the JSON), and so is
   every expression of the rule files prometheus.yml loads.
+- No PromQL reads the frame families that camera and processor services record
+  themselves (``frames_processed_total``, ``frame_errors_total``,
+  ``frame_processing_duration_seconds`` with a ``service`` label): frames are
+  counted from the tracker_ families the event-store consumer fills, once.
 
 Each check returns a list of problems; the ``*_can_fail`` tests feed it broken
 copies, so none passes by accident.
@@ -317,6 +321,31 @@ def check_rule_coverage(files: Sequence[Path]) -> Problems:
     return problems
 
 
+# The families services record themselves (tracker.metrics.ServiceMetrics), not
+# preceded by a metric-name character (so tracker_frames_processed_total is
+# fine), and selecting metrics by a __name__ matcher, which could catch them.
+_SERVICE_FAMILY = re.compile(
+    r"(?<![\w:])(frames_processed_total|frame_errors_total|frame_processing_duration_seconds\w*)\b"
+    r"|__name__"
+)
+
+
+def check_no_service_families(exprs: Sequence[tuple[str, str]]) -> Problems:
+    """(where, PromQL) pairs that read what services count themselves: summed with
+    the tracker's families, every frame would count twice."""
+    return [
+        f"{where}: reads a service-recorded family ({m.group(0)}); use its tracker_ family: {expr!r}"
+        for where, expr in exprs
+        if (m := _SERVICE_FAMILY.search(expr))
+    ]
+
+
+def shipped_promql() -> list[tuple[str, str]]:
+    return [(t.name, t.expr) for t in dashboard_promql()] + [
+        (f"{r.file} / {r.name}", r.expr) for r in rule_exprs()
+    ]
+
+
 def check_structure(dashboards: Mapping[str, Mapping[str, Any]]) -> Problems:
     """What the two dashboards must offer, and what Grafana needs to load them."""
     problems: Problems = []
@@ -461,6 +490,19 @@ def test_every_promql_is_run_by_test_prometheus() -> None:
     assert files == rule_files(), f"{PROMETHEUS_CONFIG.name} does not load every rule file: {files}"
     assert rule_exprs(), "no rule expressions found"
     assert check_rule_coverage(files) == []
+
+
+def test_no_promql_reads_service_recorded_families() -> None:
+    assert check_no_service_families(shipped_promql()) == []
+    # and the check can fail
+    broken = [
+        ("a", 'sum(rate(frames_processed_total{stage="total"}[5m]))'),
+        ("b", "rate(frame_errors_total[5m])"),
+        ("c", "histogram_quantile(0.9, rate(frame_processing_duration_seconds_bucket[5m]))"),
+        ("d", '{__name__=~".*frames_processed_total"}'),
+        ("ok", "rate(tracker_frames_processed_total[5m]) + rate(tracker_frame_errors_total[5m])"),
+    ]
+    assert [p.split(":")[0] for p in check_no_service_families(broken)] == ["a", "b", "c", "d"]
 
 
 async def test_every_sql_statement_runs_and_returns_rows(

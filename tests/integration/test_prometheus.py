@@ -14,6 +14,15 @@ workers.
   return data, and the exemplars of
   ``tracker_frame_processing_duration_seconds`` must carry trace ids that
   exist in that test's ``frame_events``.
+- No double counting: beside the workers, Prometheus scrapes a stand-in
+  processor service that records the same cameras through the service-side
+  API of ``tracker.metrics`` (``frames_processed_total`` and friends, with a
+  ``service`` label and exemplars of its own traces), far more than the
+  workload. The consumer's finished-frame counter must equal the finished
+  frames in ``frame_events``, and every dashboard and rule expression must give
+  the same result once the service's series are deleted from the TSDB. The
+  promtool unit tests hold such service series too, and a copy of the rules
+  that sums them in must fail those tests for every frame alert.
 
 Each checker returns a list of problems; the ``*_can_fail`` tests and the end
 of the live test feed them broken input, so none of them passes by accident.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +68,7 @@ from tests.integration.prom import (
     rule_files,
 )
 from tracker.config import Settings
+from tracker.simulator import SimulationConfig
 
 pytestmark = pytest.mark.integration
 
@@ -82,6 +93,38 @@ LIVE_ALERT_EXPECTATIONS: dict[str, bool | None] = {
     "TrackerWorkerDown": False,  # both workers are up
     "TrackerWorkerPaused": False,
 }
+
+
+# A stand-in processor service, scraped beside the workers: it records the
+# workload's cameras itself, through the service-side API (get_metrics,
+# TimingContext), much more often and with more failures and slower frames than
+# the workload, inside spans of its own (exemplars with trace ids that are in no
+# frame_events). Stopped with SIGTERM.
+SERVICE_JOB = "detektor-processor"
+SERVICE_SCRIPT = """
+import sys, time
+from opentelemetry.sdk.trace import TracerProvider
+from tracker.metrics import TimingContext, get_metrics, serve_metrics
+
+port, cameras = int(sys.argv[1]), sys.argv[2].split(",")
+metrics = get_metrics("processor")
+tracer = TracerProvider().get_tracer("stand-in-processor")
+serve_metrics(port)
+while True:
+    for cam in cameras:
+        with tracer.start_as_current_span("process_frame"):
+            metrics.increment_frames_processed({"camera_id": cam}, amount=50)
+            failed = {"camera_id": cam, "stage": "total", "status": "failed"}
+            metrics.increment_frames_processed(failed, amount=50)
+            metrics.increment_errors("StandInError", attributes={"camera_id": cam, "stage": "total"})
+            metrics.observe_processing_duration(cam, "total", 20.0)
+            try:
+                with TimingContext(cam, "detect"):
+                    raise RuntimeError("stand-in failure")
+            except RuntimeError:
+                pass
+    time.sleep(0.1)
+"""
 
 
 @pytest.fixture(scope="session")
@@ -232,6 +275,29 @@ def test_unit_tests_can_fail(prom_tools: PrometheusTools, tmp_path: Path) -> Non
     ]
 
 
+# What a rule file that summed the services' own series in with the tracker's
+# would select instead of each tracker_ family.
+_SUMMED_IN = re.compile(
+    r"\btracker_(frames_processed_total|frame_errors_total|frame_processing_duration_seconds_bucket)\{"
+)
+FRAME_ALERTS = ("FrameErrorRateHigh", "FrameLatencyP99High", "CameraSilent")
+
+
+def test_unit_tests_catch_double_counting(prom_tools: PrometheusTools, tmp_path: Path) -> None:
+    """The unit tests hold service series beside the tracker's: a copy of the
+    rules that sums them in fails them, for every frame alert."""
+    rules, tests_dir = _copy_rules(tmp_path)
+    alerts = rules / "tracker-alerts.yml"
+    text = alerts.read_text(encoding="utf-8")
+    summed, n = _SUMMED_IN.subn(r'{__name__=~"(tracker_)?\1", ', text)
+    assert n >= 6, "the frame alerts no longer read the tracker_ families"
+    alerts.write_text(summed, encoding="utf-8")
+    problems = check_unit_tests(prom_tools, sorted(tests_dir.glob("*.yml")))
+    assert len(problems) == 1, problems
+    for alert in FRAME_ALERTS:
+        assert f"alertname: {alert}" in problems[0], f"{alert} does not notice a service summed in"
+
+
 # ---- live: real workers, a real Prometheus ----------------------------------------
 
 
@@ -307,6 +373,28 @@ def check_exemplars(trace_ids: Sequence[str], stored: set[str], what: str) -> li
     return []
 
 
+Results = dict[str, list[tuple[tuple[tuple[str, str], ...], str]]]
+
+
+def evaluate(prom: PrometheusServer, queries: Iterable[Query], at: float) -> Results:
+    """Each query's result at ``at``: (labels, value) pairs in a stable order."""
+    out: Results = {}
+    for q in queries:
+        result = prom.query(q.expr, at)
+        out[q.name] = sorted(
+            (tuple(sorted((s.get("metric") or {}).items())), str(s["value"][1])) for s in result
+        )
+    return out
+
+
+def compare_results(with_service: Results, without: Results) -> list[str]:
+    return [
+        f"{name}: {with_service[name][:3]} with the service's series, {without.get(name, [])[:3]} without"
+        for name in with_service
+        if with_service[name] != without.get(name)
+    ]
+
+
 def check_rule_health(groups: Sequence[dict[str, Any]], expected: Iterable[str]) -> list[str]:
     seen = {r["name"]: r for g in groups for r in g.get("rules") or []}
     problems = [f"rule {n}: not loaded by Prometheus" for n in expected if n not in seen]
@@ -355,18 +443,27 @@ async def test_live_scrape_dashboards_and_rules(
     settings: Settings, prom_tools: PrometheusTools, tmp_path: Path
 ) -> None:
     t0 = time.time()
-    consumer_port, projector_port = free_port(), free_port()
+    consumer_port, projector_port, service_port = free_port(), free_port(), free_port()
     prom = PrometheusServer(
         prom_tools,
         tmp_path,
         {
             "tracker-consumer": [f"127.0.0.1:{consumer_port}"],
             "tracker-projector": [f"127.0.0.1:{projector_port}"],
+            SERVICE_JOB: [f"127.0.0.1:{service_port}"],
         },
         rule_files=[str(f) for f in rule_files()],
+        admin_api=True,
     )
     await asyncio.to_thread(prom.start)
     procs: list[asyncio.subprocess.Process] = []
+    sim_cfg = SimulationConfig(cameras=3)
+    service_cameras = [f"{sim_cfg.camera_prefix}-{i + 1:03d}" for i in range(sim_cfg.cameras)]
+    with (tmp_path / "service.log").open("wb") as out:
+        service = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", SERVICE_SCRIPT, str(service_port), ",".join(service_cameras),
+            env=env_for(settings), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         procs.append(
             await _spawn(settings, tmp_path / "consume.log", "consume", "--metrics-port", str(consumer_port))
@@ -376,13 +473,13 @@ async def test_live_scrape_dashboards_and_rules(
         )
 
         async def targets_up() -> bool:
-            for p in procs:
+            for p in [*procs, service]:
                 if p.returncode is not None:
                     raise AssertionError(f"a worker exited {p.returncode}; see {tmp_path}/*.log")
             targets = await asyncio.to_thread(prom.active_targets)
-            return len(targets) == 2 and all(t["health"] == "up" for t in targets)
+            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
 
-        await _poll(targets_up, "both workers to be scraped")
+        await _poll(targets_up, "both workers and the service to be scraped")
 
         # The workload, in two waves with scrapes in between: a series appears
         # with its first increment, so Prometheus needs samples before and after
@@ -431,9 +528,14 @@ async def test_live_scrape_dashboards_and_rules(
                     "SELECT DISTINCT trace_id FROM frame_events WHERE trace_id IS NOT NULL"
                 )
             }
+            finished = await conn.fetchval(
+                "SELECT count(*) FROM frame_events"
+                " WHERE event_type IN ('ProcessingCompleted', 'ProcessingFailed')"
+            )
         finally:
             await conn.close()
         assert len(cameras) == 3 and stored_traces
+        assert cameras == service_cameras, "the stand-in service must record the workload's cameras"
 
         targets = dashboard_promql()
         rules = rule_exprs()
@@ -464,6 +566,29 @@ async def test_live_scrape_dashboards_and_rules(
         problems += check_rule_health(groups, [r.name for r in rules])
         assert problems == [], "\n".join(problems)
 
+        # No double counting. The service's series are there, for the same
+        # cameras, with exemplars of its own traces; the consumer's count of
+        # finished frames is that of frame_events all the same.
+        service_series = 'frames_processed_total{service="processor", stage="total", camera_id=~"cam-.*"}'
+        assert (await asyncio.to_thread(_scalar, prom, f"sum({service_series})") or 0) > finished
+        service_ids = await asyncio.to_thread(
+            exemplar_trace_ids, prom, "frame_processing_duration_seconds_bucket", t0, end
+        )
+        assert service_ids and not set(service_ids) & stored_traces
+        tracker_total = 'sum(tracker_frames_processed_total{stage="total"})'
+        assert await asyncio.to_thread(_scalar, prom, tracker_total) == finished
+        # Every dashboard and rule expression gives the same result without the
+        # service's series (stopped first, so that no new sample comes in; `at`
+        # lies before the stop, so the workers' samples up to it are the same).
+        at = time.time() - 2
+        with_service = await asyncio.to_thread(evaluate, prom, queries, at)
+        await _stop(service)
+        await asyncio.to_thread(prom.delete_series, f'{{job="{SERVICE_JOB}"}}')
+        gone = await asyncio.to_thread(prom.query, f'count({{job="{SERVICE_JOB}"}})', at)
+        assert gone == [], gone
+        without = await asyncio.to_thread(evaluate, prom, queries, at)
+        assert compare_results(with_service, without) == []
+
         # The checks can fail: a parse error, a misspelled metric, NaN-only
         # quantiles, an alert that should be quiet, unknown trace ids, a bad rule.
         broken = [
@@ -486,8 +611,13 @@ async def test_live_scrape_dashboards_and_rules(
         assert check_rule_health(groups, ["NoSuchAlert"]) == ["rule NoSuchAlert: not loaded by Prometheus"]
         bad_group = [{"rules": [{"name": "Bad", "health": "err", "lastError": "boom"}]}]
         assert check_rule_health(bad_group, ["Bad"])
+        name = next(iter(without))
+        inflated = {**without, name: [((("x", "y"),), "1e9")]}
+        assert compare_results(inflated, without) == [
+            f"{name}: [((('x', 'y'),), '1e9')] with the service's series, {without[name][:3]} without"
+        ]
     finally:
-        for p in procs:
+        for p in [*procs, service]:
             await _stop(p)
         await asyncio.to_thread(prom.stop)
     for name, p in zip(("consume", "project"), procs, strict=True):
