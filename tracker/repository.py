@@ -209,17 +209,17 @@ class FrameRepository:
         await self.save(frame)
 
     async def _send(self, event: ev.FrameEvent) -> asyncio.Future[RecordMetadata]:
-        if self.timeout is None:
-            return await self.publisher.send(event)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.publisher.send(event)
+                delivery = await self.publisher.send(event)
         except TimeoutError:
             raise BrokerError(f"no broker took the event within {self.timeout:g} s", retriable=True) from None
+        # A delivery given up on (timed out) may still fail later: its error is
+        # read here so that asyncio does not log it as never retrieved.
+        delivery.add_done_callback(_retrieve)
+        return delivery
 
     async def _wait(self, delivery: asyncio.Future[RecordMetadata]) -> RecordMetadata:
-        if self.timeout is None:
-            return await delivery
         try:
             # shield: a timed-out wait leaves the delivery to finish (or fail) on its own.
             async with asyncio.timeout(self.timeout):
@@ -228,6 +228,11 @@ class FrameRepository:
             raise BrokerError(
                 f"the broker did not acknowledge within {self.timeout:g} s", retriable=True
             ) from None
+
+
+def _retrieve(fut: asyncio.Future[RecordMetadata]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 #: The name the Frame Tracking guide uses. Its argument is the publisher the
