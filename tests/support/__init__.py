@@ -1,0 +1,1 @@
+"""Code the tests share that is not itself a test (see each module)."""
