@@ -37,6 +37,14 @@ class Scale:
     fps: float = 10.0
     timeout_s: float = 1800.0  # per worker run
     background_probe_s: float = 1.0  # how long to watch the machine's load before each scenario
+    # The sdk scenario (bench/sdk.py): frames per repetition through FrameRepository.save,
+    # the asyncio tasks saving them concurrently, a one-task run for the latency of one
+    # save, and the frames and repetitions of the instrumentation-overhead loops.
+    sdk_frames: int = 20_000
+    sdk_tasks: int = 32
+    sdk_sequential_frames: int = 200
+    sdk_overhead_frames: int = 20_000
+    sdk_overhead_reps: int = 5
 
     def with_overrides(self, **kw: object) -> Scale:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -78,6 +86,9 @@ SCALES = {
         query_events=200_000,
         query_calls=50,
         replay_reps=3,
+        sdk_frames=3_000,
+        sdk_overhead_frames=5_000,
+        sdk_overhead_reps=3,
     ),
     # The test of the harness itself (tests/integration/test_bench.py): seconds,
     # one repetition; the figures mean nothing.
@@ -100,6 +111,11 @@ SCALES = {
         cameras=10,
         timeout_s=120.0,
         background_probe_s=0.2,
+        sdk_frames=100,
+        sdk_tasks=8,
+        sdk_sequential_frames=10,
+        sdk_overhead_frames=300,
+        sdk_overhead_reps=1,
     ),
 }
 

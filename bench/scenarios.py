@@ -87,6 +87,11 @@ KEYS: tuple[Key, ...] = (
     Key("query_events", "events", "queries", note="events stored when queried"),
     Key("worker_rss_mb_max", "MB", "memory", "<= 300", "max RSS of either worker"),
     Key("worker_rss_growth_mb", "MB", "memory", note="max RSS at the large backlog minus at the small one"),
+    Key("sdk_frames_per_s", "frames/s", "sdk", note="FrameRepository.save, 3 saves per frame, one process"),
+    Key("sdk_events_per_s", "events/s", "sdk", note="sdk_frames_per_s x 10 events per frame"),
+    Key("sdk_overhead_us_per_frame", "us", "sdk", note="instrumentation CPU per frame, no span export"),
+    Key("sdk_overhead_batch_us_per_frame", "us", "sdk", note="the same, batch span processor, null exporter"),
+    Key("sdk_bare_us_per_frame", "us", "sdk", note="CPU per frame of the domain calls alone (no publishing)"),
     Key("kafka_version", "", "environment"),
     Key("postgres_version", "", "environment"),
     Key("partitions", "per topic", "environment"),
@@ -106,6 +111,7 @@ SCENARIOS = (
     "replay",
     "queries",
     "memory",
+    "sdk",
 )
 # Keys that may be null, provided a "<key>_note" says why.
 NULLABLE = (
@@ -776,6 +782,14 @@ class Bench:
             "backlog); the large backlog's drains are the ingest scenario's pipeline runs when it ran in "
             "the same invocation",
         )
+
+    # ---- sdk ------------------------------------------------------------------------------
+    async def sdk(self) -> None:
+        """The producer-side API services embed: frames through FrameRepository.save,
+        and what the instrumentation costs per frame (bench/sdk.py)."""
+        from bench import sdk
+
+        await sdk.scenario(self)
 
     # ---- profile (not part of the default run) ----------------------------------------
     async def profile(self) -> None:
