@@ -126,6 +126,9 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     failed = [s for s in new["scenarios_run"] if s in new.get("notes", {})]
     ran = [s for s in new["scenarios_run"] if s in SCENARIOS and s not in failed]
     for name in ran:
+        # A scenario added since the full run (sdk, say) is part of it once it has run.
+        if name not in old.setdefault("scenarios_run", []):
+            old["scenarios_run"].append(name)
         for k in KEYS:
             if k.scenario != name or k.name in DERIVED:  # ratios are recomputed below
                 continue

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.__main__ import merge
 from bench.report import missing_keys
-from bench.scenarios import KEYS, derive
+from bench.scenarios import KEYS, SCENARIOS, derive
 
 
 def full_result() -> dict[str, Any]:
@@ -107,3 +107,24 @@ def test_merge_of_a_partial_run_keeps_ratios_computed_from_the_whole() -> None:
     assert merged["ratio_vs_naive"] == 20.0
     assert "ratio_vs_naive_note" not in merged and "ratio_vs_naive" not in merged["notes"]
     assert merged["store_vs_quix"] == 2.0
+
+
+def test_merge_of_a_scenario_the_full_run_did_not_have_completes_it() -> None:
+    old = full_result()
+    derive(old, {})
+    old["scenarios_run"] = ["environment", "limits", "baseline", "peers", "ingest", "freshness"]
+    old["scenarios_run"] += ["replay", "queries", "memory"]  # a full run from before the sdk scenario
+    for k in ("sdk_frames_per_s", "sdk_events_per_s"):
+        del old[k]
+    new = {
+        "scenarios_run": ["sdk"],
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_s": 1.0,
+        "sdk_frames_per_s": 900.0,
+        "sdk_events_per_s": 9000.0,
+        "details": {"sdk": {"tasks": 32}},
+    }
+    merged = merge(old, new)
+    assert merged["scenarios_run"][-1] == "sdk"
+    assert set(SCENARIOS) <= set(merged["scenarios_run"])  # so --update writes latest.json
+    assert merged["sdk_frames_per_s"] == 900.0 and merged["details"]["sdk"] == {"tasks": 32}
