@@ -345,6 +345,8 @@ async def scenario(b: Bench) -> None:
         return summarize([r[key] for r in runs])["median"]
 
     d.update(
+        # latest.json's git_commit is the full run's; an --update of this scenario says its own.
+        git_commit=await asyncio.to_thread(_commit),
         tasks=sc.sdk_tasks,
         frames_per_rep=sc.sdk_frames,
         events_per_frame=EVENTS_PER_FRAME,
@@ -375,6 +377,25 @@ async def scenario(b: Bench) -> None:
         },
         method=METHOD.format(tasks=sc.sdk_tasks),
     )
+
+
+def _commit() -> str:
+    """The workers' commit, ``-dirty`` if tracked files differ from it."""
+    import subprocess
+
+    from bench.infra import CODE_ROOT
+
+    git = ["git", "-C", str(CODE_ROOT)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("BENCH_GIT_COMMIT", "unknown")
+    return os.environ.get("BENCH_GIT_COMMIT") or commit + ("-dirty" if dirty else "")
 
 
 METHOD = (
