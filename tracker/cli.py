@@ -254,6 +254,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.publisher import FramePublisher
+    from tracker.runtime import on_stop_signals
     from tracker.simulator import SimulationConfig, simulate
     from tracker.telemetry import setup_tracing
 
@@ -268,7 +269,7 @@ async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         realtime=not args.fast,
     )
     stop = asyncio.Event()
-    _on_signals(stop.set)
+    on_stop_signals(stop.set)
     async with FramePublisher(settings, producer_name="simulator") as pub:
         result = await simulate(pub, cfg, record_ids=args.ids_out is not None, stop=stop)
     if args.ids_out is not None:
@@ -359,6 +360,7 @@ async def cmd_project(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from projections.replay import ProjectionRebuild, ReplayProgress
+    from tracker.runtime import on_stop_signals
 
     def show(p: ReplayProgress) -> None:
         eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
@@ -372,7 +374,7 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.since is not None and args.source != "store":
         raise UsageError("--since needs --source store")
     rebuild = ProjectionRebuild(settings, source=args.source, on_progress=show, since=args.since)
-    _on_signals(rebuild.request_stop)
+    on_stop_signals(rebuild.request_stop)
     gen = await rebuild.run()
     if args.json:
         print(json.dumps({"projection": args.projection, "generation": gen, "source": args.source}))
@@ -539,11 +541,12 @@ async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.api import serve
+    from tracker.runtime import on_stop_signals
     from tracker.telemetry import setup_tracing
 
     setup_tracing("tracker-api")
     stop = asyncio.Event()
-    _on_signals(stop.set)
+    on_stop_signals(stop.set)
     await serve(settings, host=args.host, port=args.port, stop=stop)
     return EXIT_OK
 
@@ -594,14 +597,6 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
     "retention": cmd_retention,
     "serve": cmd_serve,
 }
-
-
-def _on_signals(callback: Callable[[], None]) -> None:
-    import signal
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, callback)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

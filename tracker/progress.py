@@ -47,10 +47,19 @@ class ProgressSampler:
 
 async def periodically(fn: Callable[[], Awaitable[None]], every_s: float) -> None:
     """Run ``fn`` every ``every_s`` seconds until cancelled; its errors are
-    logged, never raised: monitoring must not kill a worker."""
+    logged, never raised: monitoring must not kill a worker. The first failure
+    after a success is a warning, repeats of it are debug lines (an outage
+    would otherwise log one warning every ``every_s``)."""
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    failing = False
     while True:
         await asyncio.sleep(every_s)
         try:
             await fn()
         except Exception as e:
-            log.debug("periodic %s failed: %s", getattr(fn, "__name__", fn), e)
+            log.log(logging.DEBUG if failing else logging.WARNING, "periodic %s failed: %s", name, e)
+            failing = True
+        else:
+            if failing:
+                log.info("periodic %s works again", name)
+            failing = False

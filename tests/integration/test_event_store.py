@@ -348,16 +348,14 @@ async def test_a_batch_held_across_a_rebalance_commits_only_partitions_still_own
 
     await ensure_topics(settings, list(settings.event_topics))
     async with EventStoreConsumer(settings) as consumer:
-        await asyncio.wait_for(consumer._assigned_once.wait(), 30)
-        assert consumer._consumer is not None
-        owned = sorted(consumer._consumer.assignment())[0]
+        await asyncio.wait_for(consumer.assigned.wait(), 30)
+        owned = sorted(consumer.consumer.assignment())[0]
         revoked = TopicPartition(settings.camera_topic, 999)  # not (or no longer) ours
         prepared = _Prepared(
             batch={owned: [], revoked: []},
             offsets={owned: OffsetAndMetadata(0, ""), revoked: OffsetAndMetadata(7, "")},
             records=0,
             decoded=DecodedBatch(),
-            decode_s=0.0,
         )
-        assert await consumer._write(prepared) is True
-        assert await consumer._consumer.committed(owned) == 0
+        assert await consumer.write(prepared) == 0  # written, not abandoned
+        assert await consumer.consumer.committed(owned) == 0

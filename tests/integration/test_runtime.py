@@ -1,0 +1,70 @@
+"""The worker runtime (tracker/runtime.py) that both workers are built on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+import tracker.dlq
+import tracker.runtime
+from projections.worker import ProjectionWorker
+from tracker.config import Settings
+from tracker.consumer import EventStoreConsumer
+from tracker.errors import TrackerError
+
+
+async def _connections(settings: Settings) -> int:
+    """Sessions open on the test's database, other than the one asking."""
+    dbname = settings.database_url.get().rsplit("/", 1)[1]
+    conn = await asyncpg.connect(settings.database_url.get())
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                dbname,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("worker_cls", [EventStoreConsumer, ProjectionWorker])
+async def test_a_failing_start_leaves_nothing_open(
+    settings: Settings, worker_cls: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything opened before the failing step (the pool, the dead-letter
+    producer) is closed before the error propagates."""
+    producers: list[Any] = []
+    real_producer = tracker.dlq.make_producer
+
+    def recording_producer(*a: Any, **kw: Any) -> Any:
+        producers.append(real_producer(*a, **kw))
+        return producers[-1]
+
+    real_consumer = tracker.runtime.make_consumer
+
+    def failing_consumer(*a: Any, **kw: Any) -> Any:
+        consumer = real_consumer(*a, **kw)
+
+        async def start() -> None:
+            raise KafkaConnectionError("broker refused the group (test)")
+
+        consumer.start = start
+        return consumer
+
+    monkeypatch.setattr(tracker.dlq, "make_producer", recording_producer)
+    monkeypatch.setattr(tracker.runtime, "make_consumer", failing_consumer)
+    before = await _connections(settings)
+    worker = worker_cls(settings)
+    with pytest.raises(KafkaConnectionError):
+        await worker.start()
+    assert worker.pool is None
+    assert await _connections(settings) == before
+    if worker_cls is EventStoreConsumer:
+        assert len(producers) == 1 and producers[0]._closed  # the DLQ producer was started, then stopped
+    with pytest.raises(TrackerError, match="start"):
+        await worker.run()
+    await worker.stop()  # and stopping what never started is harmless
