@@ -30,14 +30,15 @@ from tracker.buckets import (  # noqa: F401 - re-exported for the fold's users
     bucket_index,
     percentile_from_buckets,
 )
+from tracker.domain import STAGE_EVENT_TYPES, EventType, ProcessingState
 
 CAPTURED, QUEUED, PROCESSING, COMPLETED, FAILED, CONFLICTED = (
-    "captured",
-    "queued",
-    "processing",
-    "completed",
-    "failed",
-    "conflicted",
+    ProcessingState.CAPTURED.value,
+    ProcessingState.QUEUED.value,
+    ProcessingState.PROCESSING.value,
+    ProcessingState.COMPLETED.value,
+    ProcessingState.FAILED.value,
+    ProcessingState.CONFLICTED.value,
 )
 STATES = (CAPTURED, QUEUED, PROCESSING, COMPLETED, FAILED, CONFLICTED)
 STAGE_RUNNING, STAGE_COMPLETED, STAGE_FAILED, STAGE_CONFLICTED = (
@@ -304,19 +305,19 @@ def frame_row_of(e: ProjEvent) -> FrameRow:
     t, eid = e.occurred_at, e.event_id
     kw: dict[str, Any] = {}
     et = e.event_type
-    if et == "FrameCaptured":
+    if et == EventType.CAPTURED:
         kw["captured_at"] = t
         kw["captured_ev"] = (t, eid, tuple(sorted(e.attributes.items())))
-    elif et == "FrameQueued":
+    elif et == EventType.QUEUED:
         kw["queued_at"] = t
-    elif et == "ProcessingStarted":
+    elif et == EventType.PROCESSING_STARTED:
         kw["processing_started_at"] = t
-    elif et.startswith("Stage"):
+    elif et in STAGE_EVENT_TYPES:
         kw["stage_seen_at"] = t
-    elif et == "ProcessingCompleted":
+    elif et == EventType.COMPLETED:
         kw["completed_at"] = t
         kw["completed_ev"] = (t, eid, e.duration_ms)
-    elif et == "ProcessingFailed":
+    elif et == EventType.FAILED:
         kw["failed_at"] = t
         kw["failed_ev"] = (t, eid, e.duration_ms, e.error_type, e.error_message, e.stage)
     if e.trace_id:
@@ -332,15 +333,15 @@ def frame_row_of(e: ProjEvent) -> FrameRow:
 
 
 def stage_row_of(e: ProjEvent) -> StageRow | None:
-    if not e.event_type.startswith("Stage") or e.stage is None:
+    if e.event_type not in STAGE_EVENT_TYPES or e.stage is None:
         return None
     t, eid = e.occurred_at, e.event_id
     kw: dict[str, Any] = {}
-    if e.event_type == "StageStarted":
+    if e.event_type == EventType.STAGE_STARTED:
         kw["started_at"] = t
-    elif e.event_type == "StageCompleted":
+    elif e.event_type == EventType.STAGE_COMPLETED:
         kw["completed_ev"] = (t, eid, e.duration_ms, None, None)
-    elif e.event_type == "StageFailed":
+    elif e.event_type == EventType.STAGE_FAILED:
         kw["failed_ev"] = (t, eid, e.duration_ms, e.error_type, e.error_message)
     return StageRow(
         frame_id=e.frame_id,

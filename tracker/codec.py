@@ -28,6 +28,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from tracker.domain import STAGE_EVENT_TYPES, EventType
 from tracker.errors import (
     BodyError,
     EncodeError,
@@ -37,7 +38,6 @@ from tracker.errors import (
 )
 from tracker.events import (
     EVENT_TYPES,
-    STAGE_EVENT_TYPES,
     FrameEvent,
     from_record,
     to_micros,
@@ -221,11 +221,11 @@ def validate_record(rec: dict[str, Any]) -> None:
         raise ValidationError(f"attempt {attempt!r} is outside 1..{MAX_ATTEMPT}")
     duration = rec.get("duration_ms")
     if duration is None:
-        if event_type in ("StageCompleted", "StageFailed"):
+        if event_type in (EventType.STAGE_COMPLETED, EventType.STAGE_FAILED):
             raise ValidationError(f"{event_type} without duration_ms")
     elif not (math.isfinite(duration) and 0.0 <= duration <= MAX_DURATION_MS):
         raise ValidationError(f"duration_ms {duration!r} is outside 0 .. {MAX_DURATION_MS}")
-    failed = event_type in ("StageFailed", "ProcessingFailed")
+    failed = event_type in (EventType.STAGE_FAILED, EventType.FAILED)
     _check_text(rec, "error_type", MAX_NAME, required=failed)
     _check_text(rec, "error_message", MAX_MESSAGE, required=False)
     attrs = rec.get("attributes") or {}

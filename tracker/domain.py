@@ -25,6 +25,9 @@ class ProcessingState(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: Only in the projections: the frame was reported both completed and
+    #: failed. No transition leads here; the fold finds it in the events.
+    CONFLICTED = "conflicted"
 
     @property
     def rank(self) -> int:
@@ -33,7 +36,7 @@ class ProcessingState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (ProcessingState.COMPLETED, ProcessingState.FAILED)
+        return self in (ProcessingState.COMPLETED, ProcessingState.FAILED, ProcessingState.CONFLICTED)
 
 
 _RANK = {
@@ -42,6 +45,7 @@ _RANK = {
     ProcessingState.PROCESSING: 2,
     ProcessingState.COMPLETED: 3,
     ProcessingState.FAILED: 3,
+    ProcessingState.CONFLICTED: 3,
 }
 
 ALLOWED_TRANSITIONS: Mapping[ProcessingState, frozenset[ProcessingState]] = {
@@ -50,6 +54,7 @@ ALLOWED_TRANSITIONS: Mapping[ProcessingState, frozenset[ProcessingState]] = {
     ProcessingState.PROCESSING: frozenset({ProcessingState.COMPLETED, ProcessingState.FAILED}),
     ProcessingState.COMPLETED: frozenset(),
     ProcessingState.FAILED: frozenset(),
+    ProcessingState.CONFLICTED: frozenset(),
 }
 
 
@@ -103,8 +108,9 @@ class FrameError:
         return cls(kind, message or kind)
 
 
-class Change(StrEnum):
-    """What a transition of the aggregate implies; each becomes one event."""
+class EventType(StrEnum):
+    """Every kind of frame event: the project's one list of them. A transition
+    of the aggregate records one of these; on the wire it is ``event_type``."""
 
     CAPTURED = "FrameCaptured"
     QUEUED = "FrameQueued"
@@ -115,12 +121,43 @@ class Change(StrEnum):
     COMPLETED = "ProcessingCompleted"
     FAILED = "ProcessingFailed"
 
+    @property
+    def is_stage(self) -> bool:
+        """About one run of one stage (carries ``stage`` and ``attempt``)."""
+        return self in STAGE_EVENT_TYPES
 
-_STATE_CHANGE = {
-    ProcessingState.QUEUED: Change.QUEUED,
-    ProcessingState.PROCESSING: Change.PROCESSING_STARTED,
-    ProcessingState.COMPLETED: Change.COMPLETED,
-    ProcessingState.FAILED: Change.FAILED,
+    @property
+    def is_terminal(self) -> bool:
+        """Ends the frame's processing (completed or failed)."""
+        return self in TERMINAL_EVENT_TYPES
+
+    @property
+    def finishes_run(self) -> bool:
+        """Ends a stage run or the whole frame: what is counted and timed."""
+        return self in FINISHING_EVENT_TYPES
+
+    @property
+    def is_failure(self) -> bool:
+        return self in (EventType.STAGE_FAILED, EventType.FAILED)
+
+    @property
+    def from_camera(self) -> bool:
+        """Published by camera services (to the camera topic), not by processors."""
+        return self in (EventType.CAPTURED, EventType.QUEUED)
+
+
+STAGE_EVENT_TYPES = frozenset({EventType.STAGE_STARTED, EventType.STAGE_COMPLETED, EventType.STAGE_FAILED})
+TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED})
+FINISHING_EVENT_TYPES = frozenset(
+    {EventType.STAGE_COMPLETED, EventType.STAGE_FAILED, EventType.COMPLETED, EventType.FAILED}
+)
+
+
+_STATE_EVENT = {
+    ProcessingState.QUEUED: EventType.QUEUED,
+    ProcessingState.PROCESSING: EventType.PROCESSING_STARTED,
+    ProcessingState.COMPLETED: EventType.COMPLETED,
+    ProcessingState.FAILED: EventType.FAILED,
 }
 
 
@@ -130,7 +167,7 @@ class FrameChange:
     change happens, and becomes the event id: publishing the change again
     (a retried save) sends the same id, which the event store keeps once."""
 
-    kind: Change
+    kind: EventType
     occurred_at: datetime
     change_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     stage: ProcessingStage | None = None
@@ -165,7 +202,7 @@ class ProcessingStage:
 
     def complete(self) -> ProcessingStage:
         self._finish(StageStatus.COMPLETED, None)
-        self.frame._record(Change.STAGE_COMPLETED, self.finished_at, stage=self)
+        self.frame._record(EventType.STAGE_COMPLETED, self.finished_at, stage=self)
         return self
 
     def fail(
@@ -174,7 +211,7 @@ class ProcessingStage:
         """Fail this stage. ``error`` may be a message: see :meth:`FrameError.coerce`
         for the error type it then records."""
         self._finish(StageStatus.FAILED, FrameError.coerce(error, error_type))
-        self.frame._record(Change.STAGE_FAILED, self.finished_at, stage=self)
+        self.frame._record(EventType.STAGE_FAILED, self.finished_at, stage=self)
         return self
 
     @property
@@ -231,7 +268,7 @@ class Frame:
             wall_clock=wall_clock,
         )
         frame.state_times[ProcessingState.CAPTURED] = ts
-        frame._record(Change.CAPTURED, ts)
+        frame._record(EventType.CAPTURED, ts)
         return frame
 
     @classmethod
@@ -272,7 +309,7 @@ class Frame:
 
     def _record(
         self,
-        kind: Change,
+        kind: EventType,
         occurred_at: datetime | None,
         *,
         stage: ProcessingStage | None = None,
@@ -296,7 +333,7 @@ class Frame:
         if target is ProcessingState.FAILED:
             failed = [s for s in self.stages if s.status is StageStatus.FAILED]
             failed_stage = failed[-1].name if failed else None
-        self._record(_STATE_CHANGE[target], now, stage_name=failed_stage)
+        self._record(_STATE_EVENT[target], now, stage_name=failed_stage)
         if target.terminal and self.on_terminal is not None:
             self.on_terminal(self)
 
@@ -321,7 +358,7 @@ class Frame:
             _started_mono=self.clock(),
         )
         self.stages.append(stage)
-        self._record(Change.STAGE_STARTED, stage.started_at, stage=stage)
+        self._record(EventType.STAGE_STARTED, stage.started_at, stage=stage)
         return stage
 
     def mark_as_completed(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from tracker.domain import Change, Frame, FrameChange, FrameError, ProcessingStage
+from tracker.domain import EventType, Frame, FrameChange, FrameError, ProcessingStage
 
 CAMERA = "camera"
 PROCESSING = "processing"
@@ -90,31 +90,31 @@ class FrameEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class FrameCaptured(FrameEvent):
-    event_type: ClassVar[str] = "FrameCaptured"
+    event_type: ClassVar[str] = EventType.CAPTURED
     source: ClassVar[str] = CAMERA
 
 
 @dataclass(frozen=True, kw_only=True)
 class FrameQueued(FrameEvent):
-    event_type: ClassVar[str] = "FrameQueued"
+    event_type: ClassVar[str] = EventType.QUEUED
     source: ClassVar[str] = CAMERA
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessingStarted(FrameEvent):
-    event_type: ClassVar[str] = "ProcessingStarted"
+    event_type: ClassVar[str] = EventType.PROCESSING_STARTED
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageStarted(FrameEvent):
-    event_type: ClassVar[str] = "StageStarted"
+    event_type: ClassVar[str] = EventType.STAGE_STARTED
     stage: str
     attempt: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageCompleted(FrameEvent):
-    event_type: ClassVar[str] = "StageCompleted"
+    event_type: ClassVar[str] = EventType.STAGE_COMPLETED
     stage: str
     attempt: int = 1
     duration_ms: float
@@ -122,7 +122,7 @@ class StageCompleted(FrameEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class StageFailed(FrameEvent):
-    event_type: ClassVar[str] = "StageFailed"
+    event_type: ClassVar[str] = EventType.STAGE_FAILED
     stage: str
     attempt: int = 1
     duration_ms: float
@@ -132,13 +132,13 @@ class StageFailed(FrameEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessingCompleted(FrameEvent):
-    event_type: ClassVar[str] = "ProcessingCompleted"
+    event_type: ClassVar[str] = EventType.COMPLETED
     duration_ms: float | None = None  # total processing time
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessingFailed(FrameEvent):
-    event_type: ClassVar[str] = "ProcessingFailed"
+    event_type: ClassVar[str] = EventType.FAILED
     error_type: str
     error_message: str
     stage: str | None = None
@@ -159,8 +159,7 @@ EVENT_CLASSES: Mapping[str, type[FrameEvent]] = {
     )
 }
 EVENT_TYPES = frozenset(EVENT_CLASSES)
-CAMERA_EVENT_TYPES = frozenset(t for t, c in EVENT_CLASSES.items() if c.source == CAMERA)
-STAGE_EVENT_TYPES = frozenset({"StageStarted", "StageCompleted", "StageFailed"})
+CAMERA_EVENT_TYPES = frozenset(t for t in EventType if t.from_camera)
 
 _COMMON = frozenset(
     {"event_id", "frame_id", "camera_id", "frame_timestamp", "occurred_at", "producer", "attributes"}
@@ -264,19 +263,19 @@ def event_for_change(frame: Frame, change: FrameChange, producer: str) -> FrameE
     common["event_id"] = change.change_id
     kind = change.kind
     stage = change.stage
-    if kind is Change.CAPTURED:
+    if kind is EventType.CAPTURED:
         return FrameCaptured(**common, attributes=dict(frame.metadata))
-    if kind is Change.QUEUED:
+    if kind is EventType.QUEUED:
         return FrameQueued(**common)
-    if kind is Change.PROCESSING_STARTED:
+    if kind is EventType.PROCESSING_STARTED:
         return ProcessingStarted(**common)
-    if kind is Change.STAGE_STARTED and stage is not None:
+    if kind is EventType.STAGE_STARTED and stage is not None:
         return StageStarted(**common, stage=stage.name, attempt=stage.attempt)
-    if kind is Change.STAGE_COMPLETED and stage is not None:
+    if kind is EventType.STAGE_COMPLETED and stage is not None:
         return StageCompleted(
             **common, stage=stage.name, attempt=stage.attempt, duration_ms=stage.duration_ms or 0.0
         )
-    if kind is Change.STAGE_FAILED and stage is not None:
+    if kind is EventType.STAGE_FAILED and stage is not None:
         err = stage.error or FrameError("UnknownError", "stage failed")
         return StageFailed(
             **common,
@@ -286,9 +285,9 @@ def event_for_change(frame: Frame, change: FrameChange, producer: str) -> FrameE
             error_type=err.error_type,
             error_message=err.message,
         )
-    if kind is Change.COMPLETED:
+    if kind is EventType.COMPLETED:
         return ProcessingCompleted(**common, duration_ms=frame.total_processing_time_ms)
-    if kind is Change.FAILED:
+    if kind is EventType.FAILED:
         err = frame.error or FrameError("UnknownError", "frame failed")
         return ProcessingFailed(
             **common,

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
-TERMINAL = ("ProcessingCompleted", "ProcessingFailed")
+from tracker.domain import TERMINAL_EVENT_TYPES
+
+TERMINAL = TERMINAL_EVENT_TYPES
 
 CONFLICTING_TERMINAL = "conflicting_terminal"
 DUPLICATE_TERMINAL = "duplicate_terminal"

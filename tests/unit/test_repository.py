@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker import events as ev
-from tracker.domain import Frame, ProcessingState, StageStatus
+from tracker.domain import STAGE_EVENT_TYPES, Frame, ProcessingState, StageStatus
 from tracker.errors import BrokerError, IllegalTransition, PublishError, TrackerError
 from tracker.publisher import FramePublisher
 from tracker.repository import FrameMetadataRepository, FrameRepository
@@ -99,7 +99,7 @@ def apply(frame: Frame, op: str, expected: list[tuple[str, str, int]]) -> None:
 
 
 def key(e: ev.FrameEvent) -> tuple[str, str, int]:
-    stage = getattr(e, "stage", None) if e.event_type in ev.STAGE_EVENT_TYPES else None
+    stage = getattr(e, "stage", None) if e.event_type in STAGE_EVENT_TYPES else None
     return (e.event_type, stage or "", getattr(e, "attempt", 1))
 
 
