@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -34,235 +33,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import NoReturn
 
-HERE = Path(__file__).resolve().parent  # <repo>/compose/local
-REPO = HERE.parent.parent
-STACK = Path(os.environ.get("STACK_DIR", "") or (REPO / ".stack"))
-if not STACK.is_absolute():
-    STACK = REPO / STACK
-STACK = STACK.resolve()
-
-HOST = "127.0.0.1"
-
-
-def _env_port(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        port = int(raw)
-    except ValueError:
-        die(f"{name}={raw!r} is not a port number")
-    if not 0 < port < 65536:
-        die(f"{name}={raw!r} is out of range")
-    return port
-
-
-class StackError(Exception):
-    """A user-facing failure: printed as one clear message, exit code 1."""
-
-
-def die(msg: str) -> NoReturn:
-    raise StackError(msg)
-
-
-def log(msg: str) -> None:
-    print(f"[stack] {msg}", file=sys.stderr, flush=True)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        data = path.read_bytes()[-20000:].decode("utf-8", "replace").splitlines()
-    except OSError:
-        return f"    (no {path.name})"
-    return "\n".join("    " + ln for ln in data[-lines:])
-
-
-def rel(p: Path) -> str:
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)
-
-
-IS_ROOT = os.geteuid() == 0
-_apt_updated = False
-
-
-def apt_install(*packages: str, why: str) -> None:
-    global _apt_updated
-    if not IS_ROOT or not shutil.which("apt-get"):
-        die(
-            f"{why}: install the Debian/Ubuntu package(s) {' '.join(packages)} (e.g. sudo apt-get install {' '.join(packages)})"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    if not _apt_updated:
-        log("apt-get update ...")
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=False, stdout=subprocess.DEVNULL)
-        _apt_updated = True
-    log(f"apt-get install -y {' '.join(packages)} ({why}) ...")
-    r = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    if r.returncode != 0:
-        die(f"apt-get install {' '.join(packages)} failed:\n{r.stdout[-3000:]}")
-
-
-# --------------------------------------------------------------------------------------------
-# process helpers
-# --------------------------------------------------------------------------------------------
-
-
-def proc_cmdline(pid: int) -> list[str] | None:
-    """Argv of a live (non-zombie) process, else None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
-        if state in (b"Z", b"X"):
-            return None
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except (OSError, ValueError):
-        return None
-    if not raw:
-        return None
-    return [a.decode("utf-8", "replace") for a in raw.rstrip(b"\0").split(b"\0")]
-
-
-def find_pids(*needles: str) -> list[int]:
-    """Live processes whose argv contains every needle (each as a whole argument or substring)."""
-    found = []
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        argv = proc_cmdline(int(entry))
-        if argv and all(any(n in a for a in argv) for n in needles):
-            found.append(int(entry))
-    return sorted(found)
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def terminate(pids: list[int], name: str, timeout: float, first_signal: int = signal.SIGTERM) -> None:
-    alive = [p for p in pids if proc_cmdline(p) is not None]
-    if not alive:
-        return
-    for p in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, first_signal)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap()
-        if all(proc_cmdline(p) is None for p in alive):
-            _wait_gone(alive)
-            return
-        time.sleep(0.2)
-    still = [p for p in alive if proc_cmdline(p) is not None]
-    log(f"{name} (pid {' '.join(map(str, still))}) still alive after {timeout:.0f}s: SIGKILL")
-    for p in still:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(proc_cmdline(p) is not None for p in alive):
-        _reap()
-        time.sleep(0.1)
-    _wait_gone(alive)
-
-
-def _wait_gone(pids: list[int], timeout: float = 3.0) -> None:
-    """Best effort: wait until dead processes have been reaped (left /proc), so that a `pgrep` right after
-    `down` shows nothing. Some init processes (PID 1 in sandboxes/containers) reap zombies only lazily."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
-        _reap()
-        time.sleep(0.1)
-
-
-def _reap() -> None:
-    """Reap our own exited children (only relevant when start and stop happen in one invocation)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-
-
-# --------------------------------------------------------------------------------------------
-# ports
-# --------------------------------------------------------------------------------------------
-
-
-def port_open(port: int, timeout: float = 0.5) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect((HOST, port))
-            return True
-        except OSError:
-            return False
-
-
-def port_bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((HOST, port))
-            return True
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-
-
-def port_owner(port: int) -> str:
-    """Best effort 'pid N (cmd)' of the listener on port (Linux /proc), '' when unknown."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for ln in lines:
-            parts = ln.split()
-            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(parts[9])
-    if not inodes:
-        return ""
-    targets = {f"socket:[{i}]" for i in inodes}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
-                        argv = proc_cmdline(int(entry)) or ["?"]
-                        cmd = " ".join(" ".join(argv).split())
-                        return f"pid {entry} ({cmd[:80]}{'...' if len(cmd) > 80 else ''})"
-        except OSError:
-            continue
-    return ""
-
-
-def ensure_port_free(port: int, what: str, env_var: str) -> None:
-    if port_open(port) or not port_bindable(port):
-        owner = port_owner(port)
-        die(
-            f"port {HOST}:{port} ({what}) is already in use by another process"
-            f"{' - ' + owner if owner else ''}, not by this stack; stop it or choose another port, "
-            f"e.g. {env_var}={port + 100} python3 compose/local/stack.py up"
-        )
-
+from stackctl.common import HERE, HOST, IS_ROOT, STACK, StackError, apt_install, die, log, rel, tail
+from stackctl.common import env_port as _env_port
+from stackctl.ports import ensure_port_free
+from stackctl.proc import find_pids, proc_cmdline, proc_cwd, proc_ppid, read_pid, reap, terminate, wait_gone
 
 # --------------------------------------------------------------------------------------------
 # Kafka wire protocol (just enough for a readiness probe)
@@ -573,7 +348,7 @@ log.retention.hours=168
         deadline = time.monotonic() + timeout
         last_err = ""
         while time.monotonic() < deadline:
-            _reap()
+            reap()
             if proc_cmdline(pid) is None:
                 die(
                     f"Kafka exited during startup. Last lines of {rel(self.out)}:\n{tail(self.out, 25)}\n"
@@ -987,7 +762,7 @@ timezone = 'UTC'
         lock = self.data / "postmaster.pid"
         if not lock.is_file() or self.pid():
             return
-        left = [p for p in find_pids() if _cwd(p) == self.data]
+        left = [p for p in find_pids() if proc_cwd(p) == self.data]
         if left:
             die(
                 f"PostgreSQL processes {' '.join(map(str, left))} still use {self.data} without a postmaster; "
@@ -1043,7 +818,7 @@ END$$;"""
         log(f"stopping PostgreSQL (pid {pid}){' with SIGKILL' if kill else ''} ...")
         if kill:
             # Crash-like stop for fault injection: postmaster and all backends die at once.
-            pids = [pid] + [p for p in find_pids() if _ppid(p) == pid]
+            pids = [pid] + [p for p in find_pids() if proc_ppid(p) == pid]
             terminate(pids, "PostgreSQL", timeout=10, first_signal=signal.SIGKILL)
             return
         if (self.data / "postmaster.pid").is_file():
@@ -1051,7 +826,7 @@ END$$;"""
                 [self.bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"]
             )
             if r.returncode == 0 and not self.pid():
-                _wait_gone([pid])
+                wait_gone([pid])
                 return
             log(f"pg_ctl stop -m fast did not finish ({r.stdout.strip()[-300:]}); trying immediate")
             self.run_owner(
@@ -1092,21 +867,6 @@ END$$;"""
         if (STACK / "pg").is_symlink():
             (STACK / "pg").unlink()
         shutil.rmtree(STACK / "pg", ignore_errors=True)
-
-
-def _cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
-def _ppid(pid: int) -> int:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(stat[stat.rindex(b")") + 2 :].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
 
 
 # --------------------------------------------------------------------------------------------
