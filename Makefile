@@ -55,6 +55,7 @@ test-unit: install
 lint: install
 	$(VENV)/bin/ruff check tracker projections tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install stack-up
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
