@@ -25,10 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import infra, report
-from bench.infra import ROOT, Stack, log
+from bench import report, workers
+from bench.infra import log
 from bench.scales import SCALES, scale_from_env
 from bench.scenarios import DERIVED, KEYS, SCENARIOS, Bench, derive
+from bench.stack import Stack
+from bench.workers import ROOT
 from tracker.config import Settings
 
 NEEDS_SOURCE = {"limits", "baseline", "peers", "ingest", "replay", "memory", "profile"}
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.code:
-        infra.set_code_root(args.code)
+        workers.set_code_root(args.code)
     result, failed = asyncio.run(run(args))
     full = set(SCENARIOS) <= set(result["scenarios_run"])
     if args.update and not full and (args.out / "latest.json").exists():

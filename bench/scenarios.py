@@ -26,23 +26,11 @@ from typing import Any
 
 import asyncpg
 
-from bench import infra, querydata
-from bench.infra import (
-    ROOT,
-    Progress,
-    Stack,
-    Worker,
-    cpu_meter,
-    log,
-    machine_cpu,
-    percentile,
-    python_argv,
-    read_json_line,
-    summarize,
-    tracker_argv,
-    worker_env,
-)
+from bench import querydata, workers
+from bench.infra import cpu_meter, log, machine_cpu, percentile, read_json_line, summarize
 from bench.scales import Scale
+from bench.stack import Progress, Stack
+from bench.workers import ROOT, Worker, python_argv, tracker_argv, worker_env
 from tracker.config import Settings
 
 EVENTS_PER_FRAME = 9.9  # the simulator's mix: 10 for a completed frame, fewer on failure, more on retry
@@ -277,7 +265,7 @@ class Bench:
             git_commit=commit,
         )
         d.update(
-            code=("this checkout" if infra.CODE_ROOT == ROOT else "another checkout (--code)"),
+            code=("this checkout" if workers.CODE_ROOT == ROOT else "another checkout (--code)"),
             cpu_model=model,
             memory_gb=round(mem_gb, 1),
             python=platform.python_version(),
@@ -511,7 +499,7 @@ class Bench:
                 result = await self._offer_load(s, ws, cpu)
             finally:
                 for w in ws:
-                    w.stop()
+                    w.end()
                 machine = cpu.stop()
         lat = result.pop("latencies")
         self.figures["fresh_p50_ms"] = round(percentile(lat, 0.50), 1)
@@ -539,7 +527,7 @@ class Bench:
                     "-m", "bench.loadgen", "--rate", str(sc.fresh_rate_eps),
                     "--duration", str(sc.fresh_duration_s), "--sample-every", str(sc.fresh_sample_every),
                 ),
-                env=worker_env(s), cwd=infra.CODE_ROOT, stdout=asyncio.subprocess.PIPE, stderr=errf,
+                env=worker_env(s), cwd=workers.CODE_ROOT, stdout=asyncio.subprocess.PIPE, stderr=errf,
             )  # fmt: skip
         finally:
             errf.close()
@@ -874,7 +862,7 @@ def _host_facts() -> dict[str, str]:
         if m:
             out["kafka"] = m.group(1)
     with contextlib.suppress(Exception):
-        git = ["git", "-C", str(infra.CODE_ROOT)]
+        git = ["git", "-C", str(workers.CODE_ROOT)]
         commit = subprocess.run(
             [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()

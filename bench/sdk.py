@@ -285,7 +285,8 @@ async def overhead(frames: int, reps: int, cameras: int) -> dict[str, Any]:
 async def scenario(b: Bench) -> None:
     """``make bench``'s ``sdk`` scenario: both measurements as processes of their
     own (tracing and logging set-up are process-wide), topics of their own."""
-    from bench.infra import log, python_argv, read_json_line, summarize, worker_env
+    from bench.infra import log, read_json_line, summarize
+    from bench.workers import python_argv, worker_env
 
     sc = b.scale
     d = b.detail("sdk")
@@ -383,7 +384,7 @@ def _commit() -> str:
     """The workers' commit, ``-dirty`` if tracked files differ from it."""
     import subprocess
 
-    from bench.infra import CODE_ROOT
+    from bench.workers import CODE_ROOT
 
     git = ["git", "-C", str(CODE_ROOT)]
     try:
