@@ -37,7 +37,7 @@ from projections.store import PROJECTION, FramesProjectionStore
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.db import call_db, connect_pool, retry_while_unavailable
-from tracker.errors import TrackerError
+from tracker.errors import Interrupted, ReplayError
 from tracker.kafka import ensure_topics, make_consumer, topic_partitions
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,6 @@ class ReplayProgress:
     events_per_s: float
     lag_events: int
     eta_s: float | None
-
-
-class ReplayError(TrackerError):
-    pass
-
-
-class _Interrupted(Exception):
-    """A stop was requested during the store phase."""
 
 
 class ProjectionRebuild:
@@ -105,7 +97,7 @@ class ProjectionRebuild:
                 if self.source == "store" and not (resumed and await store.checkpoints(gen)):
                     try:
                         await self._from_store(pool, store, gen, replay_id)
-                    except _Interrupted:
+                    except Interrupted:
                         log.info("rebuild interrupted; run `tracker replay` again to resume")
                         return await store.live_generation()
                 done = await self._from_topics(pool, store, gen, replay_id)
@@ -230,7 +222,7 @@ class ProjectionRebuild:
                         if self._stopping.is_set():
                             # No checkpoints yet: a resumed rebuild redoes this phase
                             # (idempotently) before it continues from the topics.
-                            raise _Interrupted
+                            raise Interrupted
                 if chunk:
                     await write(chunk)
                 if writing is not None:

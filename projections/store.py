@@ -30,22 +30,10 @@ from projections.fold import (
     stage_contribution,
 )
 from tracker.db import call_db
-from tracker.errors import TrackerError
+from tracker.errors import CheckpointConflict, GenerationChanged
 
 PROJECTION = "frames"
 TopicPartitionKey = tuple[str, int]
-
-
-class CheckpointConflict(TrackerError):
-    """Stored checkpoints differ from what this writer expected; re-seek and retry."""
-
-    retriable = True
-
-
-class GenerationChanged(TrackerError):
-    """A rebuild was swapped in: the live worker must move to the new generation."""
-
-    retriable = True
 
 
 def _lock_key(frame_id: str) -> int:

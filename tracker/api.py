@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from tracker.config import Settings
-from tracker.errors import DatabaseUnavailable, NotFound, TrackerError
+from tracker.errors import InvalidQuery, TrackerError, http_status
 from tracker.metrics import exposition
-from tracker.queries import FrameTrackingQueries, InvalidQuery
+from tracker.queries import FrameTrackingQueries
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -75,17 +75,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if e.status >= 400:
             return _error(e.status, e.reason or "error")
         raise
-    except InvalidQuery as e:
-        return _error(400, str(e))
-    except NotFound as e:
-        return _error(404, str(e))
-    except DatabaseUnavailable:
-        log.warning("database unavailable while serving %s", request.path)
-        return _error(503, "database unavailable; retry later")
-    except TrackerError as e:
-        log.error("query failed on %s: %s", request.path, e)
-        return _error(500, "query failed")
-    except Exception:
+    except Exception as e:
+        # The status comes from tracker.errors (the CLI's exit codes too); 4xx
+        # messages are the client's to read, 5xx ones say nothing internal.
+        status = http_status(e)
+        if status < 500:
+            return _error(status, str(e))
+        if status == 503:
+            log.warning("database unavailable while serving %s", request.path)
+            return _error(503, "database unavailable; retry later")
+        if isinstance(e, TrackerError):
+            log.error("query failed on %s: %s", request.path, e)
+            return _error(500, "query failed")
         log.exception("unexpected error on %s", request.path)
         return _error(500, "internal error")
 

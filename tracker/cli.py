@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -19,17 +18,18 @@ from typing import Any, NoReturn
 
 from tracker import __version__
 from tracker.config import Settings, mask_url_password
-from tracker.errors import ConfigError, DatabaseUnavailable, NotFound, TrackerError
-from tracker.queries import InvalidQuery
-
-log = logging.getLogger("tracker.cli")
-
-# 3: the thing asked for does not exist (distinct from a failure to look).
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """A bad argument found after parsing (exit 2)."""
+from tracker.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    DatabaseUnavailable,
+    TrackerError,
+    UsageError,
+    exit_code,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -384,12 +384,9 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_journey(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.queries import FrameTrackingQueries, InvalidQuery, check_frame_id
+    from tracker.queries import FrameTrackingQueries, check_frame_id
 
-    try:
-        check_frame_id(args.frame_id)
-    except InvalidQuery as e:
-        raise UsageError(str(e)) from None
+    check_frame_id(args.frame_id)  # InvalidQuery: exit 2, like a UsageError
     async with await FrameTrackingQueries.connect(settings) as q:
         j = await q.get_frame_journey(args.frame_id)
     if args.json:
@@ -402,15 +399,12 @@ async def cmd_journey(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_slow(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.queries import FrameTrackingQueries, InvalidQuery, check_camera_id
+    from tracker.queries import FrameTrackingQueries, check_camera_id
     from tracker.render import table
 
     async with await FrameTrackingQueries.connect(settings) as q:
         if args.camera is not None:
-            try:
-                check_camera_id(args.camera)
-            except InvalidQuery as e:
-                raise UsageError(str(e)) from None
+            check_camera_id(args.camera)
             if not await q.camera_exists(args.camera):
                 raise UsageError(f"unknown camera {args.camera!r}")
         rows = await q.find_slow_frames(
@@ -606,47 +600,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as e:
         print(f"tracker: configuration error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code(e)
     from tracker.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     debug = settings.log_level.upper() == "DEBUG"
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
-    except UsageError as e:
-        print(f"tracker: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except NotFound as e:
-        print(f"tracker: {e}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except InvalidQuery as e:
-        print(f"tracker: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except DatabaseUnavailable as e:
-        where = mask_url_password(settings.database_url.get())
-        print(
-            f"tracker: error: cannot reach PostgreSQL at {where} ({e}); is the stack up? (make stack-up)",
-            file=sys.stderr,
-        )
-        if debug:
-            raise
-        return EXIT_FAILURE
-    except TrackerError as e:
-        print(f"tracker: error: {e}", file=sys.stderr)
-        if debug:
-            raise
-        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # last resort: one line, not a traceback
-        if debug:
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug and not isinstance(e, TrackerError):
+            raise  # the last resort: a traceback only with DEBUG, else one line
+        print(f"tracker: {_message(e, settings)}", file=sys.stderr)
+        code = exit_code(e)  # tracker.errors: the HTTP API's statuses come from the same table
+        if debug and code == EXIT_FAILURE:
             raise
-        print(
-            f"tracker: error: unexpected {type(e).__name__}: {e} "
-            "(TRACKER_LOG_LEVEL=DEBUG shows the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        return code
+
+
+def _message(e: Exception, settings: Settings) -> str:
+    """The one line printed for an error (after ``tracker: ``)."""
+    if exit_code(e) == EXIT_NOT_FOUND:
+        return str(e)
+    if isinstance(e, DatabaseUnavailable):
+        where = mask_url_password(settings.database_url.get())
+        return f"error: cannot reach PostgreSQL at {where} ({e}); is the stack up? (make stack-up)"
+    if isinstance(e, TrackerError):
+        return f"error: {e}"
+    return f"error: unexpected {type(e).__name__}: {e} (TRACKER_LOG_LEVEL=DEBUG shows the traceback)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,23 @@
-"""The project's own errors.
+"""The project's own errors, and what each means to a caller.
 
 Driver errors (asyncpg, aiokafka) are wrapped with ``raise ... from e`` so that
 callers depend on these types only, and every error says whether a retry can
 help (``retriable``).
+
+Every error class is defined here, and :data:`OUTCOMES` is the one table from
+an error to the exit code of the ``tracker`` command (:func:`exit_code`) and
+the status of the HTTP API (:func:`http_status`); ``tracker/cli`` and
+``tracker/api.py`` both read it.
 """
 
 from __future__ import annotations
+
+# Exit codes of the ``tracker`` command.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an operational failure (database or broker unreachable, a failed migration)
+EXIT_USAGE = 2  # a bad argument or setting
+EXIT_NOT_FOUND = 3  # the thing asked for does not exist (distinct from a failure to look)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 class TrackerError(Exception):
@@ -106,3 +118,66 @@ class PublishError(BrokerError):
         super().__init__(message, retriable=retriable)
         self.frame_id = frame_id
         self.pending = pending
+
+
+class InvalidQuery(TrackerError):
+    """A query parameter is out of range or malformed (a client error)."""
+
+
+class UsageError(TrackerError):
+    """A bad command-line argument found after parsing."""
+
+
+class ReplayError(TrackerError):
+    """A projection rebuild cannot run as asked."""
+
+
+class CheckpointConflict(TrackerError):
+    """Stored checkpoints differ from what this writer expected; re-seek and retry."""
+
+    retriable = True
+
+
+class GenerationChanged(TrackerError):
+    """A rebuild was swapped in: the live worker must move to the new generation."""
+
+    retriable = True
+
+
+class Interrupted(Exception):
+    """A stop was requested part-way through a rebuild phase; what is done is
+    durable and a rerun resumes. Control flow: never reaches the CLI or the API."""
+
+
+# ---- what an error means to the CLI and the HTTP API ---------------------------------
+
+# The nearest class in an error's MRO decides; anything not here (including
+# exceptions that are not TrackerErrors) is an operational failure, 500.
+# ConfigError: the person running the command sets the environment (a usage
+# error for the CLI); to an HTTP client it is the server's fault.
+OUTCOMES: dict[type[BaseException], tuple[int, int]] = {
+    TrackerError: (EXIT_FAILURE, 500),
+    ConfigError: (EXIT_USAGE, 500),
+    UsageError: (EXIT_USAGE, 400),
+    InvalidQuery: (EXIT_USAGE, 400),
+    NotFound: (EXIT_NOT_FOUND, 404),
+    DatabaseUnavailable: (EXIT_FAILURE, 503),
+}
+_OTHERWISE = (EXIT_FAILURE, 500)
+
+
+def _outcome(exc: BaseException) -> tuple[int, int]:
+    for cls in type(exc).__mro__:
+        if cls in OUTCOMES:
+            return OUTCOMES[cls]
+    return _OTHERWISE
+
+
+def exit_code(exc: BaseException) -> int:
+    """The ``tracker`` command's exit code for ``exc``."""
+    return _outcome(exc)[0]
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP API's status for ``exc``."""
+    return _outcome(exc)[1]

@@ -20,15 +20,11 @@ import asyncpg
 
 from tracker.config import Settings
 from tracker.db import call_db, connect_pool
-from tracker.errors import NotFound, TrackerError
+from tracker.errors import InvalidQuery, NotFound
 
 MAX_HOURS = 24 * 400
 MAX_LIMIT = 1000
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
-
-
-class InvalidQuery(TrackerError):
-    """A query parameter is out of range or malformed (a client error)."""
 
 
 def check_frame_id(frame_id: str) -> str:

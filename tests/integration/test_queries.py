@@ -10,8 +10,8 @@ import pytest_asyncio
 
 from tests.integration.helpers import consume_until_idle, project_until_idle, publish_simulation, run_cli
 from tracker.config import Settings
-from tracker.errors import NotFound
-from tracker.queries import FrameTrackingQueries, InvalidQuery
+from tracker.errors import InvalidQuery, NotFound
+from tracker.queries import FrameTrackingQueries
 
 
 @pytest_asyncio.fixture
