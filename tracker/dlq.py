@@ -47,7 +47,9 @@ class DeadLetterPublisher:
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
         self.settings = settings
-        self._producer = producer or make_producer(settings, max_request_size=8 * 1024 * 1024, linger_ms=0)
+        self._producer = producer or make_producer(
+            settings, role="dlq", max_request_size=8 * 1024 * 1024, linger_ms=0
+        )
 
     async def start(self) -> None:
         await self._producer.start()
@@ -116,7 +118,7 @@ class DeadLetter:
 
 async def read_dead_letters(settings: Settings, *, limit: int = 1000) -> list[DeadLetter]:
     """Read the dead-letter topic from the start (no group, nothing committed)."""
-    consumer = make_consumer(settings, group_id=None, isolation_level="read_uncommitted")
+    consumer = make_consumer(settings, group_id=None, role="dlq", isolation_level="read_uncommitted")
     out: list[DeadLetter] = []
     try:
         tps = await topic_partitions(settings, [settings.dlq_topic])
@@ -147,7 +149,7 @@ async def read_dead_letters(settings: Settings, *, limit: int = 1000) -> list[De
 
 async def replay_dead_letters(settings: Settings, letters: Sequence[DeadLetter]) -> int:
     """Re-publish dead letters to their original topics, without the error headers."""
-    producer = make_producer(settings, max_request_size=8 * 1024 * 1024)
+    producer = make_producer(settings, role="dlq", max_request_size=8 * 1024 * 1024)
     sent = 0
     try:
         await producer.start()

@@ -1,13 +1,19 @@
 """The aiokafka adapter: client construction, security pass-through, topics.
 
 Building a client never touches the network; ``start()`` does. Every Kafka
-client of the project is made here so that SASL/TLS settings apply everywhere.
+client of the project is made here so that SASL/TLS settings apply everywhere,
+and so that each one tells the broker who it is: its ``client_id`` is
+``tracker-<role>-<instance>`` (see :func:`client_id`), which broker logs,
+quotas, request metrics and the ``messaging.client.id`` span attribute show.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +26,43 @@ from tracker.config import Settings
 from tracker.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_KAFKA_PORT = 9092
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def instance_name(settings: Settings) -> str:
+    """This process among its peers: ``TRACKER_INSTANCE_ID`` if set, else ``<hostname>-<pid>``."""
+    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def client_id(settings: Settings, role: str) -> str:
+    """``tracker-<role>-<instance>``: the role (``event-store``, ``projections``,
+    ``publisher-<producer name>``, ``dlq``, ``admin``, ``replay``, ``status``)
+    and the instance (:func:`instance_name`), with characters other than
+    letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return _UNSAFE.sub("_", f"tracker-{role}-{instance_name(settings)}")
+
+
+def server_address(settings: Settings) -> tuple[str, int]:
+    """Host and port of the first bootstrap server (what spans report as
+    ``server.address`` and ``server.port``); the port defaults to 9092."""
+    first = settings.kafka_bootstrap.split(",")[0].strip()
+    if first.startswith("["):  # [IPv6]:port
+        host, _, rest = first[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif first.count(":") == 1:
+        host, _, port = first.partition(":")
+    else:  # a bare host, or an IPv6 address without a port
+        host, port = first, ""
+    return host, int(port) if port.isdigit() else DEFAULT_KAFKA_PORT
+
+
+def messaging_attributes(settings: Settings, role: str) -> dict[str, str | int]:
+    """The span attributes that say which broker and which client: ``server.address``,
+    ``server.port`` and ``messaging.client.id`` (that of the client made with ``role``)."""
+    host, port = server_address(settings)
+    return {"server.address": host, "server.port": port, "messaging.client.id": client_id(settings, role)}
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -40,9 +83,11 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
-def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    """Idempotent, ``acks=all``: a retried send after a broker bounce is not duplicated."""
+def make_producer(settings: Settings, *, role: str = "producer", **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent, ``acks=all``: a retried send after a broker bounce is not duplicated.
+    ``role`` names the client (:func:`client_id`)."""
     kw: dict[str, Any] = {
+        "client_id": client_id(settings, role),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -55,9 +100,12 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 
 
 def make_consumer(
-    settings: Settings, *topics: str, group_id: str | None, **overrides: Any
+    settings: Settings, *topics: str, group_id: str | None, role: str = "consumer", **overrides: Any
 ) -> AIOKafkaConsumer:
+    """A consumer without auto-commit, reading committed records only; ``role``
+    names the client (:func:`client_id`)."""
     kw: dict[str, Any] = {
+        "client_id": client_id(settings, role),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -117,8 +165,11 @@ async def next_batch(
     return batch
 
 
-def make_admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=15_000)
+def make_admin(settings: Settings, *, role: str = "admin") -> AIOKafkaAdminClient:
+    """An admin client; ``role`` names it (:func:`client_id`)."""
+    return AIOKafkaAdminClient(
+        **client_kwargs(settings), client_id=client_id(settings, role), request_timeout_ms=15_000
+    )
 
 
 async def ensure_topics(

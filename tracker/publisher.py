@@ -56,7 +56,7 @@ class FramePublisher:
         self.producer_name = producer_name
         self.codec = codec or FrameEventCodec()
         self._create_topics = create_topics
-        self._producer = make_producer(settings, **producer_options)
+        self._producer = make_producer(settings, role=f"publisher-{producer_name}", **producer_options)
         self._tracer = get_tracer("tracker.publisher")
         self._pending: set[asyncio.Future[Any]] = set()
         self._held: set[asyncio.Task[Any]] = set()

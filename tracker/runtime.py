@@ -174,7 +174,10 @@ class KafkaWorker(ABC, Generic[P]):
             stack.push_async_callback(self._close_pool)
             await self.open(stack)
             consumer = make_consumer(
-                self.settings, group_id=self.group_id, max_poll_records=self.settings.batch_max_records
+                self.settings,
+                group_id=self.group_id,
+                role=self.kind,
+                max_poll_records=self.settings.batch_max_records,
             )
             consumer.subscribe(list(self.topics), listener=_Rebalance(self))
             stack.push_async_callback(self._close_consumer)

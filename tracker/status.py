@@ -112,7 +112,7 @@ class Status:
 async def collect_status(settings: Settings) -> Status:
     tps = await topic_partitions(settings, settings.event_topics)
     dlq_tps = await topic_partitions(settings, [settings.dlq_topic])
-    consumer = make_consumer(settings, group_id=settings.event_store_group)
+    consumer = make_consumer(settings, group_id=settings.event_store_group, role="status")
     try:
         await consumer.start()
         ends = await consumer.end_offsets(tps) if tps else {}
