@@ -4,9 +4,10 @@
 variable and in OpenTelemetry baggage; :class:`FrameContextSpanProcessor`
 stamps them on every span started under it and :class:`FrameContextFilter`
 adds them (and the trace id) to every log record. Tracing always runs on the
-SDK so that trace ids exist and propagate; spans are exported over OTLP only
-when the standard ``OTEL_EXPORTER_OTLP_*`` endpoint variables are set (those
-variables belong to the OpenTelemetry SDK, which reads them itself).
+SDK so that trace ids exist and propagate; where spans go is the SDK's
+standard ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``, ``none``), and
+without it, OTLP only when an ``OTEL_EXPORTER_OTLP_*`` endpoint variable is set
+(see :func:`setup_tracing`; those variables belong to the OpenTelemetry SDK).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 FRAME_ID_KEY = "frame.id"
@@ -140,20 +142,61 @@ class FrameContextSpanProcessor(SpanProcessor):
 
 
 _provider: TracerProvider | None = None
+_log = logging.getLogger(__name__)
+TRACES_EXPORTERS = ("otlp", "console", "none")
+
+
+def _otlp_exporter() -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def traces_exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+    """The span exporters ``environ`` asks for, by the OpenTelemetry SDK's rules.
+
+    ``OTEL_TRACES_EXPORTER`` is a comma-separated list of ``otlp`` (OTLP over
+    HTTP, configured by the SDK's ``OTEL_EXPORTER_OTLP_*`` variables),
+    ``console`` (each span printed to standard output) and ``none`` (no
+    export). Unset or empty: ``otlp`` if ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set, else nothing. A value that
+    names anything else logs one warning and exports nothing.
+    """
+    value = environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    if not value:
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        )
+        return [_otlp_exporter()] if endpoint else []
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TRACES_EXPORTERS]
+    if unknown:
+        _log.warning(
+            "OTEL_TRACES_EXPORTER=%r: unknown exporter %s (known: %s); spans are not exported",
+            value,
+            ", ".join(repr(n) for n in unknown),
+            ", ".join(TRACES_EXPORTERS),
+        )
+        return []
+    exporters: list[SpanExporter] = []
+    if "otlp" in names:
+        exporters.append(_otlp_exporter())
+    if "console" in names:
+        exporters.append(ConsoleSpanExporter())
+    return exporters
 
 
 def setup_tracing(service_name: str) -> TracerProvider:
-    """Install the SDK tracer provider once per process (idempotent)."""
+    """Install the SDK tracer provider once per process (idempotent); spans go
+    to the exporters :func:`traces_exporters` reads from the environment."""
     global _provider
     if _provider is not None:
         return _provider
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(FrameContextSpanProcessor())
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for exporter in traces_exporters(os.environ):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
