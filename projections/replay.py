@@ -286,7 +286,9 @@ class ProjectionRebuild:
         self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
     ) -> bool:
         tps = await topic_partitions(self.settings, self.settings.event_topics)
-        consumer = make_consumer(self.settings, group_id=None, max_poll_records=self.batch_size)
+        consumer = make_consumer(
+            self.settings, group_id=None, role="replay", max_poll_records=self.batch_size
+        )
         await consumer.start()
         try:
             consumer.assign(tps)

@@ -186,7 +186,7 @@ class Readiness:
     async def _kafka(self) -> dict[str, Any]:
         from tracker.kafka import make_admin
 
-        admin = make_admin(self.settings)
+        admin = make_admin(self.settings, role="status")
         try:
             await asyncio.wait_for(admin.start(), 3.0)
             await asyncio.wait_for(admin.list_topics(), 2.0)
