@@ -39,6 +39,7 @@ from tracker.errors import (
     ValidationError,
 )
 from tracker.events import from_micros
+from tracker.kafka import messaging_attributes
 from tracker.lifecycle import TERMINAL, flag_batch
 from tracker.runtime import KafkaWorker
 from tracker.store import AppendResult, PostgresEventStore, message_to_row
@@ -207,6 +208,8 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         batch, offsets, n, decoded = prepared.batch, prepared.offsets, prepared.records, prepared.decoded
         dead = decoded.dead
         links = decoded.links
+        # server.address, server.port and messaging.client.id (that of the consumer runtime.py made)
+        client = messaging_attributes(self.settings, self.kind)
 
         spans = [
             self._tracer.start_span(
@@ -222,6 +225,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
                     "messaging.batch.message_count": sum(
                         len(m) for tp, m in batch.items() if tp.topic == topic
                     ),
+                    **client,
                 },
             )
             for topic in sorted({tp.topic for tp in batch})

@@ -27,7 +27,7 @@ from tracker.codec import CONTENT_TYPE, FrameEventCodec
 from tracker.config import Settings
 from tracker.domain import Frame, FrameError, ProcessingStage, ProcessingState
 from tracker.errors import BrokerError
-from tracker.kafka import ensure_topics, make_producer
+from tracker.kafka import ensure_topics, make_producer, messaging_attributes
 from tracker.metrics import events_published
 from tracker.telemetry import frame_context, get_tracer, inject_headers
 
@@ -56,7 +56,10 @@ class FramePublisher:
         self.producer_name = producer_name
         self.codec = codec or FrameEventCodec()
         self._create_topics = create_topics
-        self._producer = make_producer(settings, role=f"publisher-{producer_name}", **producer_options)
+        role = f"publisher-{producer_name}"
+        self._producer = make_producer(settings, role=role, **producer_options)
+        # server.address, server.port and messaging.client.id of every send span
+        self._client_attributes = messaging_attributes(settings, role)
         self._tracer = get_tracer("tracker.publisher")
         self._pending: set[asyncio.Future[Any]] = set()
         self._held: set[asyncio.Task[Any]] = set()
@@ -136,6 +139,7 @@ class FramePublisher:
                     "messaging.message.id": event.event_id,
                     "messaging.message.body.size": len(value),
                     "frame.event_type": event.event_type,
+                    **self._client_attributes,
                 },
             )
             headers = inject_headers(trace.set_span_in_context(span, context))
