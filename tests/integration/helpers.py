@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench.workers import tracker_argv
+from bench.workers import tracker_env as env_for
 from tracker.config import Settings
 from tracker.consumer import ConsumerStats, EventStoreConsumer
 from tracker.kafka import topic_partitions
@@ -44,18 +44,6 @@ async def consume_until_idle(settings: Settings, **kw: object) -> ConsumerStats:
         return await worker.run(until_idle=True)
 
 
-def env_for(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
-    env.update(
-        TRACKER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        TRACKER_DATABASE_URL=settings.database_url.get(),
-        TRACKER_TOPIC_PREFIX=settings.topic_prefix,
-        TRACKER_GROUP_PREFIX=settings.group_prefix,
-        TRACKER_BATCH_TIMEOUT_MS=str(settings.batch_timeout_ms),
-    )
-    return env
-
-
 def run_cli(
     settings: Settings,
     *args: str,
@@ -64,8 +52,8 @@ def run_cli(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", *args],
-        env={**env_for(settings), **(extra_env or {})},
+        tracker_argv(*args),
+        env=env_for(settings, **(extra_env or {})),
         cwd=ROOT,
         capture_output=True,
         text=True,
