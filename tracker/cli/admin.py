@@ -1,0 +1,103 @@
+"""Running the system: ``config``, ``migrate``, ``retention``, ``dlq``, ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from tracker.cli.output import emit
+from tracker.config import Settings
+from tracker.errors import EXIT_OK, UsageError
+
+
+async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    return emit(args, None, "\n".join(f"{name}={value}" for name, value in settings.dump()))
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.db import connect, migrate
+
+    conn = await connect(settings)
+    try:
+        report = await migrate(conn)
+    finally:
+        await conn.close()
+    mode = "TimescaleDB" if report.timescaledb else "plain PostgreSQL"
+    if report.applied:
+        text = f"applied {len(report.applied)} migration(s) ({mode}): {', '.join(report.applied)}"
+    else:
+        text = f"schema up to date ({report.already} migration(s), {mode})"
+    return emit(
+        args,
+        {"applied": report.applied, "already_applied": report.already, "timescaledb": report.timescaledb},
+        text,
+    )
+
+
+async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.db import call_db, connect
+
+    cutoff = datetime.now(UTC) - timedelta(hours=args.older_than)
+    conn = await connect(settings)
+    try:
+        rows = await call_db(
+            lambda: conn.fetch(
+                "SELECT table_name, dropped FROM tracker_drop_partitions_older_than($1)", cutoff
+            )
+        )
+    finally:
+        await conn.close()
+    lines = [f"dropped {len(rows)} partition(s) older than {cutoff:%Y-%m-%d} (UTC days)"]
+    lines += [f"  {r['table_name']}: {r['dropped']}" for r in rows]
+    return emit(args, {"cutoff": cutoff.isoformat(), "dropped": [dict(r) for r in rows]}, "\n".join(lines))
+
+
+async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.api import serve
+    from tracker.runtime import on_stop_signals
+    from tracker.telemetry import setup_tracing
+
+    setup_tracing("tracker-api")
+    stop = asyncio.Event()
+    on_stop_signals(stop.set)
+    await serve(settings, host=args.host, port=args.port, stop=stop)
+    return EXIT_OK
+
+
+def _parse_positions(values: Sequence[str]) -> set[tuple[int, int]]:
+    out = set()
+    for v in values:
+        try:
+            part, off = v.split(":", 1)
+            out.add((int(part), int(off)))
+        except ValueError:
+            raise UsageError(f"--offset {v!r}: expected PARTITION:OFFSET") from None
+    return out
+
+
+async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.dlq import read_dead_letters, replay_dead_letters
+
+    if args.dlq_command == "list":
+        letters = await read_dead_letters(settings, limit=args.limit)
+        rows = [d.to_json() for d in letters]
+        if not rows:
+            return emit(args, rows, f"{settings.dlq_topic} is empty")
+        lines = [f"{'DLQ POS':<12} {'SOURCE':<36} {'ERROR':<20} MESSAGE"]
+        lines += [
+            f"{j['dlq_partition']}:{j['dlq_offset']:<10} {j['source']:<36} "
+            f"{j['error_class']:<20} {j['error_message'][:80]}"
+            for j in rows
+        ]
+        return emit(args, rows, "\n".join(lines))
+    positions = None if args.all else _parse_positions(args.offset)
+    letters = await read_dead_letters(settings, limit=1_000_000)
+    chosen = [d for d in letters if positions is None or (d.partition, d.offset) in positions]
+    if positions is not None and len(chosen) != len(positions):
+        found = {(d.partition, d.offset) for d in chosen}
+        missing = ", ".join(f"{p}:{o}" for p, o in sorted(positions - found))
+        raise UsageError(f"no dead letter at {missing}")
+    sent = await replay_dead_letters(settings, chosen)
+    return emit(args, None, f"re-published {sent} dead letter(s) to their original topics")
