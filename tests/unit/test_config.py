@@ -71,8 +71,9 @@ def test_default_ports_match_the_local_stack_and_avoid_the_ephemeral_range() -> 
     from pathlib import Path
     from urllib.parse import urlsplit
 
-    stack = (Path(__file__).resolve().parents[2] / "compose/local/stack.py").read_text()
-    ports = {name: int(port) for name, port in re.findall(r'_env_port\("(STACK_\w+)", (\d+)\)', stack)}
+    package = Path(__file__).resolve().parents[2] / "compose/local/stackctl"
+    stack = "".join(module.read_text() for module in sorted(package.glob("*.py")))
+    ports = {name: int(port) for name, port in re.findall(r'\benv_port\("(STACK_\w+)", (\d+)\)', stack)}
     kafka_port = int(DEFAULT_KAFKA_BOOTSTRAP.rsplit(":", 1)[1])
     pg_port = urlsplit(DEFAULT_DATABASE_URL).port
     assert ports["STACK_KAFKA_PORT"] == kafka_port and ports["STACK_PG_PORT"] == pg_port
