@@ -16,6 +16,13 @@ describes every family):
 ``frame_id`` is never a label: it would make one series per frame. Exemplars
 (``trace_id``, ``span_id``) are how a latency point or a count leads to one
 frame's trace.
+
+Each series is exported by one process, its owner: a labelled family only has
+series where its owner records into it, and the unlabelled ones
+(:class:`OwnedCounter`, :class:`OwnedGauge`) join the registry when their owner
+first records, so the other processes that import this module do not export
+them as 0. Names that end in a unit pass it as ``unit=`` (the exposed names do
+not change: prometheus-client appends the unit only when it is missing).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,6 +47,35 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, genera
 from tracker.telemetry import current_trace_ids
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+_joined: set[int] = set()
+_join_lock = threading.Lock()
+
+
+def _join(metric: Any) -> None:
+    """Register ``metric`` in REGISTRY, once (its owner has recorded into it)."""
+    if id(metric) in _joined:
+        return
+    with _join_lock:
+        if id(metric) not in _joined:
+            REGISTRY.register(metric)
+            _joined.add(id(metric))
+
+
+class OwnedCounter(Counter):
+    """An unlabelled counter exported only by the process that counts into it."""
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        _join(self)
+        super().inc(amount, exemplar)
+
+
+class OwnedGauge(Gauge):
+    """An unlabelled gauge exported only by the process that sets it."""
+
+    def set(self, value: float) -> None:
+        _join(self)
+        super().set(value)
+
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -49,6 +86,7 @@ tracker_frame_processing_duration = Histogram(
     "Duration of a finished stage run (stage='total': of the whole frame), from the stored events.",
     ["camera_id", "stage"],
     buckets=DURATION_BUCKETS,
+    unit="seconds",
     registry=REGISTRY,
 )
 tracker_frames_processed = Counter(
@@ -75,6 +113,7 @@ service_frame_processing_duration = Histogram(
     "Durations a service observed itself (ServiceMetrics.observe_processing_duration, TimingContext).",
     [SERVICE_LABEL, "camera_id", "stage"],
     buckets=DURATION_BUCKETS,
+    unit="seconds",
     registry=REGISTRY,
 )
 service_frames_processed = Counter(
@@ -103,10 +142,10 @@ events_stored = Counter(
     ["event_type"],
     registry=REGISTRY,
 )
-events_duplicate = Counter(
+events_duplicate = OwnedCounter(
     "tracker_events_duplicate",
     "Redelivered events that frame_events already held.",
-    registry=REGISTRY,
+    registry=None,  # joins REGISTRY when the event-store consumer first counts
 )
 events_flagged = Counter(
     "tracker_events_lifecycle_flagged",
@@ -118,34 +157,56 @@ dlq_records = Counter(
     "tracker_dlq_records",
     "Records sent to the dead-letter topic.",
     ["topic", "error_class"],
+    unit="records",
     registry=REGISTRY,
 )
-consumer_lag = Gauge(
+
+
+def _lag(name: str, owner: str, documentation: str) -> Gauge:
+    """A per-partition lag gauge, in records; ``owner`` is the group or projection label."""
+    return Gauge(name, documentation, [owner, "topic", "partition"], unit="records", registry=REGISTRY)
+
+
+# Lag, two views, one exporter each (docs/metrics.md says why). The workers:
+# the partitions each one is assigned, from its own position.
+consumer_lag = _lag(
     "tracker_consumer_lag_records",
-    "Records between the committed position and the log end.",
-    ["group", "topic", "partition"],
-    registry=REGISTRY,
+    "group",
+    "Records between the event-store consumer's position and the log end, on its assigned partitions.",
 )
-projection_lag = Gauge(
+projection_lag = _lag(
     "tracker_projection_lag_records",
-    "Records between a projection's checkpoint and the log end.",
-    ["projection", "topic", "partition"],
-    registry=REGISTRY,
+    "projection",
+    "Records between the projector's checkpoint and the log end, on its assigned partitions.",
 )
-dlq_size = Gauge(
+# tracker serve: every partition, from the broker and the database, whether or
+# not any worker runs.
+consumer_committed_lag = _lag(
+    "tracker_consumer_committed_lag_records",
+    "group",
+    "Records between the event-store group's committed offset and the log end, every partition.",
+)
+projection_checkpoint_lag = _lag(
+    "tracker_projection_checkpoint_lag_records",
+    "projection",
+    "Records between a projection's stored checkpoint and the log end, every partition.",
+)
+dlq_size = OwnedGauge(
     "tracker_dlq_size_records",
     "Records currently held by the dead-letter topic.",
-    registry=REGISTRY,
+    unit="records",
+    registry=None,  # joins REGISTRY when tracker serve first sets it
 )
-replay_running = Gauge(
+replay_running = OwnedGauge(
     "tracker_replay_running",
     "1 while a projection rebuild is running.",
-    registry=REGISTRY,
+    registry=None,  # joins REGISTRY when tracker serve first sets it
 )
-worker_events_per_second = Gauge(
-    "tracker_worker_events_per_second",
-    "Events per second over the last minute, by worker kind.",
+worker_records = Counter(
+    "tracker_worker_records",
+    "Records a worker made durable (rate() of it is the worker's throughput).",
     ["worker"],
+    unit="records",
     registry=REGISTRY,
 )
 batch_duration = Histogram(
@@ -153,6 +214,7 @@ batch_duration = Histogram(
     "Wall time to make one batch durable.",
     ["worker"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    unit="seconds",
     registry=REGISTRY,
 )
 batch_records = Histogram(
@@ -160,6 +222,7 @@ batch_records = Histogram(
     "Records per batch.",
     ["worker"],
     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
+    unit="records",
     registry=REGISTRY,
 )
 db_retries = Counter(

@@ -185,17 +185,22 @@ async def collect_status(settings: Settings) -> Status:
 
 
 def export_status_metrics(status: Status) -> None:
+    """The pipeline-wide view ``tracker serve`` exports, under families of its own:
+    every partition's lag from the broker and the checkpoints, the DLQ size, a
+    rebuild running. The workers' lag families (their assigned partitions, from
+    their own positions) and throughput counters are theirs alone: were serve to
+    set them too, a ``sum`` over both scrapes would count each partition twice."""
     for p in status.event_store.partitions:
         if p.lag is not None:
-            metrics.consumer_lag.labels(status.event_store.name, p.topic, str(p.partition)).set(p.lag)
+            metrics.consumer_committed_lag.labels(status.event_store.name, p.topic, str(p.partition)).set(
+                p.lag
+            )
     for p in status.projection.partitions:
-        metrics.projection_lag.labels("frames", p.topic, str(p.partition)).set(
+        metrics.projection_checkpoint_lag.labels("frames", p.topic, str(p.partition)).set(
             p.lag if p.lag is not None else p.end
         )
     metrics.dlq_size.set(status.dlq_records)
     metrics.replay_running.set(1 if status.replay and status.replay.get("status") == "running" else 0)
-    metrics.worker_events_per_second.labels("event-store").set(status.event_store.events_per_s)
-    metrics.worker_events_per_second.labels("projections").set(status.projection.events_per_s)
 
 
 def render(status: Status) -> str:

@@ -379,9 +379,17 @@ def check_structure(dashboards: Mapping[str, Mapping[str, Any]]) -> Problems:
             r"histogram_quantile\([^,]+,\s*sum by \([^)]*\ble\b[^)]*\) "
             r"\(rate\(tracker_frame_processing_duration_seconds_bucket"
         ),
-        "consumer lag": r"tracker_consumer_lag_records",
-        "projection lag": r"tracker_projection_lag_records",
+        # lag: the workers' view, else tracker serve's (never the two added up)
+        "consumer lag": (
+            r"sum by \(group, topic\) \(tracker_consumer_lag_records\)\s+or\s+"
+            r"sum by \(group, topic\) \(tracker_consumer_committed_lag_records\)"
+        ),
+        "projection lag": (
+            r"sum by \(projection, topic\) \(tracker_projection_lag_records\)\s+or\s+"
+            r"sum by \(projection, topic\) \(tracker_projection_checkpoint_lag_records\)"
+        ),
         "DLQ growth": r"increase\(tracker_dlq_records_total",
+        "worker throughput": r"rate\(tracker_worker_records_total",
     }
     for what, pattern in wanted.items():
         if not any(re.search(pattern, e) for e in prom_exprs):
@@ -669,8 +677,25 @@ def _drop_trace_links(ds: dict[str, dict[str, Any]]) -> None:
         (p.get("fieldConfig") or {})["overrides"] = []
 
 
+def _replace_in_promql(old: str, new: str) -> Callable[[dict[str, dict[str, Any]]], None]:
+    def apply(ds: dict[str, dict[str, Any]]) -> None:
+        for p in iter_panels(ds[PIPELINE]["panels"]):
+            for t in p.get("targets") or []:
+                if "expr" in t:
+                    t["expr"] = str(t["expr"]).replace(old, new)
+
+    return apply
+
+
 STRUCTURE_BREAKAGES = {
     "no exemplars": _no_exemplars,
+    "consumer lag added up": _replace_in_promql("\nor\nsum by (group, topic)", " + sum by (group, topic)"),
+    "no serve view of projection lag": _replace_in_promql(
+        "tracker_projection_checkpoint_lag", "tracker_projection_lag"
+    ),
+    "throughput as a gauge": _replace_in_promql(
+        "rate(tracker_worker_records_total[$__rate_interval])", "tracker_worker_events_per_second"
+    ),
     "no trace link": _drop_trace_links,
     "frame_id not a textbox": lambda ds: ds[SEARCH]["templating"]["list"][0].__setitem__("type", "custom"),
     "duplicate uid": lambda ds: ds[SEARCH].__setitem__("uid", ds[PIPELINE]["uid"]),

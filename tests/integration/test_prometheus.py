@@ -6,14 +6,21 @@ workers.
   files it loads), ``promtool check rules`` and ``promtool test rules`` on the
   unit tests in compose/prometheus/rules/tests/.
 - A live run: ``tracker consume`` and ``tracker project`` run as processes with
-  ``--metrics-port``, a private Prometheus (Debian's package, our own port and
-  TSDB folder, exemplar storage on) scrapes them every second and evaluates the
-  alert rules, while a simulated workload and one undecodable record go
-  through. Then every PromQL expression of the Grafana dashboards and of the
-  alert rules must parse and run, the ones that describe the workload must
-  return data, and the exemplars of
-  ``tracker_frame_processing_duration_seconds`` must carry trace ids that
+  ``--metrics-port``, and ``tracker serve`` with its ``/metrics``; a private
+  Prometheus (Debian's package, our own port and TSDB folder, exemplar storage
+  on) scrapes them every second and evaluates the alert rules, while a
+  simulated workload and one undecodable record go through. Then every PromQL
+  expression of the Grafana dashboards and of the alert rules must parse and
+  run, the ones that describe the workload must return data, and the exemplars
+  of ``tracker_frame_processing_duration_seconds`` must carry trace ids that
   exist in that test's ``frame_events``.
+- One exporter per series: across the workers and ``tracker serve``, no
+  series (its name and labels, ``job`` and ``instance`` aside) comes from two
+  jobs. In particular each lag series (group or projection, topic, partition)
+  is exported once: the workers export their view, ``tracker serve`` its own
+  under families of its own. The promtool unit tests hold both views of the
+  same partitions, and a copy of the rules that adds them up must fail those
+  tests for every lag alert.
 - No double counting: beside the workers, Prometheus scrapes a stand-in
   processor service that records the same cameras through the service-side
   API of ``tracker.metrics`` (``frames_processed_total`` and friends, with a
@@ -71,6 +78,11 @@ from tracker.config import Settings
 from tracker.simulator import SimulationConfig
 
 pytestmark = pytest.mark.integration
+
+API_JOB = "tracker-api"
+# tracker serve's view of lag, beside the workers': one family per view and exporter.
+SERVE_LAG_FAMILIES = ("tracker_consumer_committed_lag_records", "tracker_projection_checkpoint_lag_records")
+WORKER_LAG_FAMILIES = ("tracker_consumer_lag_records", "tracker_projection_lag_records")
 
 # Dashboard expressions over these metrics may return nothing in the live run:
 # the series only exist once the event has happened.
@@ -298,7 +310,46 @@ def test_unit_tests_catch_double_counting(prom_tools: PrometheusTools, tmp_path:
         assert f"alertname: {alert}" in problems[0], f"{alert} does not notice a service summed in"
 
 
+# Both lag views added up, where each rule should take one.
+_LAG_VIEWS = {
+    "tracker_consumer_lag_records": '{__name__=~"tracker_consumer_(committed_)?lag_records"}',
+    "tracker_projection_lag_records": '{__name__=~"tracker_projection_(checkpoint_)?lag_records"}',
+}
+LAG_ALERTS = ("TrackerConsumerLagHigh", "TrackerConsumerLagGrowing", "TrackerProjectionLagHigh")
+
+
+def test_unit_tests_catch_lag_counted_twice(prom_tools: PrometheusTools, tmp_path: Path) -> None:
+    """The unit tests hold tracker serve's lag view beside the workers', for the
+    same partitions: a copy of the rules that adds the two fails them, for
+    every lag alert."""
+    rules, tests_dir = _copy_rules(tmp_path)
+    alerts = rules / "tracker-alerts.yml"
+    text = alerts.read_text(encoding="utf-8")
+    for family, both in _LAG_VIEWS.items():
+        assert family in text, f"the lag alerts no longer read {family}"
+        text = text.replace(family, both)
+    alerts.write_text(text, encoding="utf-8")
+    problems = check_unit_tests(prom_tools, sorted(tests_dir.glob("*.yml")))
+    assert len(problems) == 1, problems
+    for alert in LAG_ALERTS:
+        assert f"alertname: {alert}" in problems[0], f"{alert} does not notice lag counted twice"
+
+
 # ---- live: real workers, a real Prometheus ----------------------------------------
+
+
+def check_one_exporter(series: Iterable[dict[str, str]]) -> list[str]:
+    """Each series, by its name and labels (``job`` and ``instance`` aside),
+    comes from one job: summed over the scrape set, nothing counts twice."""
+    jobs: dict[tuple[tuple[str, str], ...], set[str]] = {}
+    for s in series:
+        key = tuple(sorted((k, v) for k, v in s.items() if k not in ("job", "instance")))
+        jobs.setdefault(key, set()).add(s.get("job", ""))
+    return [
+        f"{dict(key)} is exported by {len(js)} jobs: {sorted(js)}"
+        for key, js in sorted(jobs.items())
+        if len(js) > 1
+    ]
 
 
 @dataclass(frozen=True)
@@ -444,12 +495,14 @@ async def test_live_scrape_dashboards_and_rules(
 ) -> None:
     t0 = time.time()
     consumer_port, projector_port, service_port = free_port(), free_port(), free_port()
+    api_port = free_port()
     prom = PrometheusServer(
         prom_tools,
         tmp_path,
         {
             "tracker-consumer": [f"127.0.0.1:{consumer_port}"],
             "tracker-projector": [f"127.0.0.1:{projector_port}"],
+            API_JOB: [f"127.0.0.1:{api_port}"],
             SERVICE_JOB: [f"127.0.0.1:{service_port}"],
         },
         rule_files=[str(f) for f in rule_files()],
@@ -471,15 +524,16 @@ async def test_live_scrape_dashboards_and_rules(
         procs.append(
             await _spawn(settings, tmp_path / "project.log", "project", "--metrics-port", str(projector_port))
         )
+        procs.append(await _spawn(settings, tmp_path / "serve.log", "serve", "--port", str(api_port)))
 
         async def targets_up() -> bool:
             for p in [*procs, service]:
                 if p.returncode is not None:
                     raise AssertionError(f"a worker exited {p.returncode}; see {tmp_path}/*.log")
             targets = await asyncio.to_thread(prom.active_targets)
-            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+            return len(targets) == 4 and all(t["health"] == "up" for t in targets)
 
-        await _poll(targets_up, "both workers and the service to be scraped")
+        await _poll(targets_up, "both workers, tracker serve and the service to be scraped")
 
         # The workload, in two waves with scrapes in between: a series appears
         # with its first increment, so Prometheus needs samples before and after
@@ -514,7 +568,18 @@ async def test_live_scrape_dashboards_and_rules(
             )
             await asyncio.sleep(1.5)  # two more scrapes
         assert failed > 0
-        # A rule evaluation after the last change.
+        # tracker serve refreshes its view every 15 s: wait until it covers
+        # every partition, then for a rule evaluation after the last change.
+        partitions = len(settings.event_topics) * settings.topic_partitions
+
+        async def serve_reported() -> bool:
+            counts = [
+                await asyncio.to_thread(_scalar, prom, f'count({family}{{job="{API_JOB}"}})')
+                for family in SERVE_LAG_FAMILIES
+            ]
+            return counts == [partitions, partitions]
+
+        await _poll(serve_reported, "tracker serve to export the lag of every partition")
         await asyncio.sleep(1)
 
         conn = await asyncpg.connect(settings.database_url.get())
@@ -564,6 +629,31 @@ async def test_live_scrape_dashboards_and_rules(
 
         groups = await _poll(evaluated, "every rule to be evaluated", timeout=15)
         problems += check_rule_health(groups, [r.name for r in rules])
+
+        # One exporter per series, across the workers and tracker serve (every
+        # series any of them ever exported in this run): each lag series
+        # (group or projection, topic, partition) once, in each view.
+        tracker_jobs = ["tracker-consumer", "tracker-projector", API_JOB]
+        exported = await asyncio.to_thread(
+            prom.api,
+            "series",
+            **{"match[]": f'{{job=~"{"|".join(tracker_jobs)}", __name__!~"up|scrape_.*"}}'},
+        )
+        problems += check_one_exporter(exported)
+        lag_series = [s for s in exported if s["__name__"] in (*WORKER_LAG_FAMILIES, *SERVE_LAG_FAMILIES)]
+        exporters = {(s["__name__"], s["job"]) for s in lag_series}
+        assert exporters == {
+            ("tracker_consumer_lag_records", "tracker-consumer"),
+            ("tracker_projection_lag_records", "tracker-projector"),
+            *((family, API_JOB) for family in SERVE_LAG_FAMILIES),
+        }, exporters
+        for family in (*WORKER_LAG_FAMILIES, *SERVE_LAG_FAMILIES):
+            got = sorted((s["topic"], s["partition"]) for s in lag_series if s["__name__"] == family)
+            want = sorted(
+                (t, str(p)) for t in settings.event_topics for p in range(settings.topic_partitions)
+            )
+            if got != want:
+                problems.append(f"{family}: series for {got}, expected each partition once: {want}")
         assert problems == [], "\n".join(problems)
 
         # No double counting. The service's series are there, for the same
@@ -611,6 +701,16 @@ async def test_live_scrape_dashboards_and_rules(
         assert check_rule_health(groups, ["NoSuchAlert"]) == ["rule NoSuchAlert: not loaded by Prometheus"]
         bad_group = [{"rules": [{"name": "Bad", "health": "err", "lastError": "boom"}]}]
         assert check_rule_health(bad_group, ["Bad"])
+        # the lag both exported by the consumer and by tracker serve under one name, as before
+        twice = [
+            {**s, "job": API_JOB, "instance": "a:8080"}
+            for s in lag_series
+            if s["__name__"] == "tracker_consumer_lag_records"
+        ]
+        found = check_one_exporter([*exported, *twice])
+        assert len(found) == partitions and all("tracker_consumer_lag_records" in p for p in found), (
+            found
+        )
         name = next(iter(without))
         inflated = {**without, name: [((("x", "y"),), "1e9")]}
         assert compare_results(inflated, without) == [
@@ -620,7 +720,7 @@ async def test_live_scrape_dashboards_and_rules(
         for p in [*procs, service]:
             await _stop(p)
         await asyncio.to_thread(prom.stop)
-    for name, p in zip(("consume", "project"), procs, strict=True):
+    for name, p in zip(("consume", "project", "serve"), procs, strict=True):
         log = (tmp_path / f"{name}.log").read_text(encoding="utf-8", errors="replace")
         assert p.returncode == 0, f"tracker {name} exited {p.returncode}:\n{log[-3000:]}"
 
