@@ -29,6 +29,7 @@ from tracker import metrics
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.dlq import DeadLetterPublisher
+from tracker.domain import FAILURE_EVENT_TYPES, FINISHING_EVENT_TYPES, STAGE_EVENT_TYPES
 from tracker.errors import (
     BodyError,
     BrokerError,
@@ -48,7 +49,6 @@ from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span
 log = logging.getLogger(__name__)
 MAX_LINKS = 128
 T = TypeVar("T")
-_FINISHED = frozenset({"StageCompleted", "StageFailed", "ProcessingCompleted", "ProcessingFailed"})
 
 
 @dataclass
@@ -104,7 +104,7 @@ async def store_batch(
     days = {from_micros(r["frame_timestamp"]).date() for r in good}
     await run(lambda: store.ensure_partitions(days))
     frames = sorted(
-        {r["frame_id"] for r in good if r["event_type"] in TERMINAL or r["event_type"].startswith("Stage")}
+        {r["frame_id"] for r in good if r["event_type"] in TERMINAL or r["event_type"] in STAGE_EVENT_TYPES}
     )
     stored_terminals: dict[str, list[tuple[str, str, int]]] = {}
     if frames:
@@ -290,9 +290,9 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         for row in inserted:
             et = row["event_type"]
             stored[et] += 1
-            if et in _FINISHED:
-                stage = (row["stage"] if et.startswith("Stage") else "total") or "unknown"
-                status = "completed" if et.endswith("Completed") else "failed"
+            if et in FINISHING_EVENT_TYPES:
+                stage = (row["stage"] if et in STAGE_EVENT_TYPES else "total") or "unknown"
+                status = "failed" if et in FAILURE_EVENT_TYPES else "completed"
                 camera = row["camera_id"]
                 processed[(camera, stage, status)] += 1
                 if status == "failed":

@@ -138,7 +138,7 @@ class EventType(StrEnum):
 
     @property
     def is_failure(self) -> bool:
-        return self in (EventType.STAGE_FAILED, EventType.FAILED)
+        return self in FAILURE_EVENT_TYPES
 
     @property
     def from_camera(self) -> bool:
@@ -148,6 +148,7 @@ class EventType(StrEnum):
 
 STAGE_EVENT_TYPES = frozenset({EventType.STAGE_STARTED, EventType.STAGE_COMPLETED, EventType.STAGE_FAILED})
 TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED})
+FAILURE_EVENT_TYPES = frozenset({EventType.STAGE_FAILED, EventType.FAILED})
 FINISHING_EVENT_TYPES = frozenset(
     {EventType.STAGE_COMPLETED, EventType.STAGE_FAILED, EventType.COMPLETED, EventType.FAILED}
 )
