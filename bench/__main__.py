@@ -28,13 +28,11 @@ from typing import Any
 from bench import report, workers
 from bench.infra import log
 from bench.scales import SCALES, scale_from_env
-from bench.scenarios import DERIVED, KEYS, SCENARIOS, Bench, derive
+from bench.scenarios import DERIVED, EXTRA, KEYS, REGISTRY, SCENARIOS, Bench, derive
 from bench.stack import Stack
 from bench.workers import ROOT
 from tracker.config import Settings
 
-NEEDS_SOURCE = {"limits", "baseline", "peers", "ingest", "replay", "memory", "profile"}
-EXTRA = ("profile",)  # run only when asked for with --only
 ATTEMPTS = 4  # per scenario, when the stack restarts under it
 
 
@@ -59,15 +57,18 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     failed = False
     durations: dict[str, float] = {}
     log(f"scale {scale.name}: scenarios {', '.join(only)}; worker logs in {workdir}")
+    plan = [REGISTRY[name] for name in SCENARIOS + EXTRA if name in only]  # in the registry's order
     await stack.start()
     try:
-        if "environment" in only:
-            await bench.environment()
-        if NEEDS_SOURCE & set(only):
+        for sc in plan:
+            if sc.setup:
+                await sc.run(bench)
+        if any(sc.needs_source for sc in plan):
             await bench.preload_all()
-        for name in SCENARIOS + EXTRA:
-            if name == "environment" or name not in only:
+        for sc in plan:
+            if sc.setup:
                 continue
+            name = sc.name
             log(f"--- {name}")
             ts = time.monotonic()
             for attempt in range(1, ATTEMPTS + 1):
@@ -75,7 +76,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 error: Exception | None = None
                 try:
                     await bench.background_load(name)
-                    await getattr(bench, name)()
+                    await sc.run(bench)
                 except Exception as e:  # one scenario's failure must not lose the others
                     error = e
                 after = await stack.services_fingerprint()
@@ -131,18 +132,18 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         # A scenario added since the full run (sdk, say) is part of it once it has run.
         if name not in old.setdefault("scenarios_run", []):
             old["scenarios_run"].append(name)
-        for k in KEYS:
-            if k.scenario != name or k.name in DERIVED:  # ratios are recomputed below
+        for key in REGISTRY[name].keys:
+            if key in DERIVED:  # ratios are recomputed below
                 continue
-            old[k.name] = new.get(k.name)
-            old.pop(f"{k.name}_note", None)
-            old.setdefault("notes", {}).pop(k.name, None)
-            if f"{k.name}_note" in new:
-                old[f"{k.name}_note"] = new[f"{k.name}_note"]
-                old["notes"][k.name] = new[f"{k.name}_note"]
-            old.setdefault("spread", {}).pop(k.name, None)
-            if k.name in new.get("spread", {}):
-                old["spread"][k.name] = new["spread"][k.name]
+            old[key] = new.get(key)
+            old.pop(f"{key}_note", None)
+            old.setdefault("notes", {}).pop(key, None)
+            if f"{key}_note" in new:
+                old[f"{key}_note"] = new[f"{key}_note"]
+                old["notes"][key] = new[f"{key}_note"]
+            old.setdefault("spread", {}).pop(key, None)
+            if key in new.get("spread", {}):
+                old["spread"][key] = new["spread"][key]
         old.setdefault("details", {})[name] = new.get("details", {}).get(name, {})
         old.setdefault("notes", {}).pop(name, None)
         if name in new.get("notes", {}):

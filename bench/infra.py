@@ -1,20 +1,23 @@
 """Measurement plumbing shared by the scenarios: the log, statistics of the
-repetitions, a probe's JSON result, and the CPU used by the machine and by the
-local stack's Kafka and PostgreSQL (from /proc). Scratch databases and topics
+repetitions, the CPU used by the machine and by the local stack's Kafka and
+PostgreSQL (from /proc), the workers' commit, a probe's JSON result. Scratch databases and topics
 are ``bench.stack``'s, worker processes ``bench.workers``'.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import workers
 from bench.workers import ROOT
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -172,6 +175,22 @@ class CpuMeter:
 
 def cpu_meter() -> CpuMeter:
     return CpuMeter()
+
+
+def git_commit() -> str:
+    """The commit of the workers' code, ``-dirty`` if tracked files differ from it."""
+    commit = "unknown"
+    with contextlib.suppress(Exception):
+        git = ["git", "-C", str(workers.CODE_ROOT)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+        commit = head + ("-dirty" if dirty else "")
+    # A run from an exported tree (git archive, no .git) says which commit it is.
+    return os.environ.get("BENCH_GIT_COMMIT") or commit
 
 
 def read_json_line(text: str) -> dict[str, Any]:

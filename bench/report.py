@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import KEYS, NULLABLE, check_target
+from bench.scenarios.keys import KEYS, NULLABLE, check_target
 
 
 def _fmt(v: Any) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bench.__main__ import merge
 from bench.report import missing_keys
-from bench.scenarios import KEYS, SCENARIOS, derive
+from bench.scenarios import EXTRA, KEYS, ORDER, REGISTRY, SCENARIOS, derive, scenario
 
 
 def full_result() -> dict[str, Any]:
@@ -128,3 +131,24 @@ def test_merge_of_a_scenario_the_full_run_did_not_have_completes_it() -> None:
     assert merged["scenarios_run"][-1] == "sdk"
     assert set(SCENARIOS) <= set(merged["scenarios_run"])  # so --update writes latest.json
     assert merged["sdk_frames_per_s"] == 900.0 and merged["details"]["sdk"] == {"tasks": 32}
+
+
+def test_every_scenario_module_registers_once_in_run_order_and_owns_its_keys() -> None:
+    package = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
+    shared = {"__init__", "context", "keys", "registry"}
+    assert {p.stem for p in package.glob("*.py")} - shared == set(ORDER)
+    assert tuple(REGISTRY) == ORDER == SCENARIOS + EXTRA
+    assert EXTRA == ("profile",)
+    assert {k.scenario for k in KEYS} == set(SCENARIOS)  # every key is some scenario's
+    assert sorted(k for sc in REGISTRY.values() for k in sc.keys) == sorted(k.name for k in KEYS)
+    assert REGISTRY["limits"].keys == ("limit_consume_eps", "limit_decode_eps", "limit_copy_rows_s")
+    assert [sc.name for sc in REGISTRY.values() if sc.setup] == ["environment"]
+
+
+def test_a_scenario_registers_only_once() -> None:
+    async def run(_: object) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="twice"):
+        scenario("limits")(run)
+    assert REGISTRY["limits"].run is not run

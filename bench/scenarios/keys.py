@@ -1,0 +1,114 @@
+"""The Key table: every figure a run reports (its unit, the scenario that owns
+it, its target), which of them may be null with a note, and the ratios derived
+from figures of several scenarios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    unit: str
+    scenario: str
+    target: str = ""  # e.g. ">= 30000"
+    note: str = ""
+
+
+KEYS: tuple[Key, ...] = (
+    Key("limit_consume_eps", "events/s", "limits", note="aiokafka reading the pre-loaded topics, discarding"),
+    Key("limit_decode_eps", "events/s", "limits", note="FrameEventCodec.decode_record on the same records"),
+    Key("limit_copy_rows_s", "rows/s", "limits", note="COPY of the same rows into frame_events"),
+    Key("naive_eps", "events/s", "baseline", note="decode + INSERT + offset commit per record"),
+    Key("peer_quix_eps", "events/s", "peers", note="Quix Streams + its PostgreSQL sink, defaults"),
+    Key("peer_connect_eps", "events/s", "peers", note="Kafka Connect + Debezium JDBC sink"),
+    Key("store_eps", "events/s", "ingest", note="tracker consume alone"),
+    Key("project_eps", "events/s", "ingest", note="tracker project alone"),
+    Key("pipeline_eps", "events/s", "ingest", ">= 30000", "both groups together"),
+    Key("ratio_vs_naive", "x", "ingest", ">= 10", "pipeline_eps / naive_eps"),
+    Key("ratio_vs_limit", "x", "ingest", ">= 0.5", "pipeline_eps / min(limits)"),
+    Key("store_vs_quix", "x", "ingest", ">= 1.5", "store_eps / peer_quix_eps"),
+    Key("store_vs_connect", "x", "ingest", ">= 1", "store_eps / peer_connect_eps"),
+    Key("store_cpu_us_per_event", "us", "ingest", note="CPU of tracker consume per event (alone)"),
+    Key("project_cpu_us_per_event", "us", "ingest", note="CPU of tracker project per event (alone)"),
+    Key("fresh_p50_ms", "ms", "freshness", note="publish -> row in frame_metadata"),
+    Key("fresh_p99_ms", "ms", "freshness", "<= 1000"),
+    Key("fresh_max_ms", "ms", "freshness"),
+    Key("fresh_offered_eps", "events/s", "freshness", note="load actually offered"),
+    Key("replay_topics_eps", "events/s", "replay", ">= 30000"),
+    Key("replay_store_eps", "events/s", "replay"),
+    Key("journey_p50_ms", "ms", "queries"),
+    Key("journey_p99_ms", "ms", "queries", "<= 20"),
+    Key("slow_p99_ms", "ms", "queries", "<= 100", "1-hour window"),
+    Key("failures_p99_ms", "ms", "queries", "<= 300", "24-hour window"),
+    Key("stats_p99_ms", "ms", "queries", note="camera + stage stats, 24 hours"),
+    Key("query_events", "events", "queries", note="events stored when queried"),
+    Key("worker_rss_mb_max", "MB", "memory", "<= 300", "max RSS of either worker"),
+    Key("worker_rss_growth_mb", "MB", "memory", note="max RSS at the large backlog minus at the small one"),
+    Key("sdk_frames_per_s", "frames/s", "sdk", note="FrameRepository.save, 3 saves per frame, one process"),
+    Key("sdk_events_per_s", "events/s", "sdk", note="sdk_frames_per_s x 10 events per frame"),
+    Key("sdk_overhead_us_per_frame", "us", "sdk", note="instrumentation CPU per frame, no span export"),
+    Key("sdk_overhead_batch_us_per_frame", "us", "sdk", note="the same, batch span processor, null exporter"),
+    Key("sdk_bare_us_per_frame", "us", "sdk", note="CPU per frame of the domain calls alone (no publishing)"),
+    Key("kafka_version", "", "environment"),
+    Key("postgres_version", "", "environment"),
+    Key("partitions", "per topic", "environment"),
+    Key("batch_max_records", "records", "environment"),
+    Key("batch_timeout_ms", "ms", "environment"),
+    Key("batch_linger_ms", "ms", "environment"),
+    Key("cpu_count", "", "environment"),
+    Key("git_commit", "", "environment"),
+)
+# Keys that may be null, provided a "<key>_note" says why.
+NULLABLE = (
+    "peer_connect_eps",
+    "peer_quix_eps",
+    "ratio_vs_naive",
+    "ratio_vs_limit",
+    "store_vs_quix",
+    "store_vs_connect",
+)
+
+
+DERIVED = ("ratio_vs_naive", "ratio_vs_limit", "store_vs_quix", "store_vs_connect")
+
+
+def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
+    """The ratios, from figures that may come from different scenarios.
+
+    Returns a note for each ratio left null, naming the figure it lacks.
+    """
+    pipe = f.get("pipeline_eps")
+    for k in DERIVED:
+        f[k] = None
+    if pipe and f.get("naive_eps"):
+        f["ratio_vs_naive"] = round(pipe / f["naive_eps"], 2)
+    lims = ("limit_consume_eps", "limit_decode_eps", "limit_copy_rows_s")
+    if pipe and all(f.get(k) for k in lims):
+        binding = min(lims, key=lambda k: f[k])
+        f["ratio_vs_limit"] = round(pipe / f[binding], 3)
+        details.setdefault("ingest", {})["binding_limit"] = binding
+    if f.get("store_eps") and f.get("peer_quix_eps"):
+        f["store_vs_quix"] = round(f["store_eps"] / f["peer_quix_eps"], 2)
+    if f.get("store_eps") and f.get("peer_connect_eps"):
+        f["store_vs_connect"] = round(f["store_eps"] / f["peer_connect_eps"], 2)
+    inputs = {
+        "ratio_vs_naive": ("pipeline_eps", "naive_eps"),
+        "ratio_vs_limit": ("pipeline_eps", *lims),
+        "store_vs_quix": ("store_eps", "peer_quix_eps"),
+        "store_vs_connect": ("store_eps", "peer_connect_eps"),
+    }
+    return {
+        k: "not computed: " + ", ".join(i for i in inputs[k] if not f.get(i)) + " not measured"
+        for k in DERIVED
+        if f[k] is None
+    }
+
+
+def check_target(value: Any, target: str) -> bool | None:
+    if not target or value is None:
+        return None
+    op, num = target.split()
+    return value >= float(num) if op == ">=" else value <= float(num)
