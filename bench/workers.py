@@ -212,6 +212,11 @@ class Worker:
         assert self.returncode is not None
         return self.returncode
 
+    def output(self) -> str:
+        """What it wrote (stdout and stderr), from its log."""
+        assert self.log_path is not None, f"{self.name}: output discarded"
+        return self.log_path.read_text()
+
     def log_tail(self, n: int = 30) -> str:
         if self.log_path is None:
             return ""

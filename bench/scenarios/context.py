@@ -115,7 +115,7 @@ class Bench:
             for i in range(procs)
         ]  # fmt: skip
         await self.stack.drive(preloaders, groups=[], total=0, timeout_s=self.scale.timeout_s)
-        outs = [read_json_line(w.log_path.read_text()) for w in preloaders]
+        outs = [read_json_line(w.output()) for w in preloaders]
         n = await self.stack.end_offsets_total(s.event_topics)
         frames = sum(o["frames"] for o in outs)
         if n != sum(o["events"] for o in outs):

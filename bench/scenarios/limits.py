@@ -19,7 +19,7 @@ async def limits(b: Bench) -> None:
             "limits", python_argv("-m", "bench.probes", "limits", "--reps", str(reps)), worker_env(s)
         )
         await b.stack.drive([w], groups=[], total=0, timeout_s=b.scale.timeout_s)
-        out = read_json_line(w.log_path.read_text())
+        out = read_json_line(w.output())
     for kind, key in (
         ("consume", "limit_consume_eps"),
         ("decode", "limit_decode_eps"),

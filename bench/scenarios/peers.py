@@ -34,7 +34,7 @@ async def peers(b: Bench) -> None:
                 p = await b.stack.drive(
                     [w], groups=[s.event_store_group], total=n, timeout_s=b.scale.timeout_s
                 )
-                out = read_json_line(w.log_path.read_text())
+                out = read_json_line(w.output())
                 stored = await b.fetchval(s, "SELECT count(*) FROM frame_events")
                 if stored != n:
                     raise RuntimeError(f"quix peer stored {stored} rows of {n}")
@@ -82,7 +82,7 @@ async def _peer_connect(b: Bench) -> list[dict[str, Any]]:
             await b.stack.drive([w], groups=[], total=n, timeout_s=b.scale.timeout_s)
             if w.returncode != 0:
                 raise RuntimeError(f"connect peer exited {w.returncode}: {w.log_tail(20)}")
-            out = read_json_line(w.log_path.read_text())
+            out = read_json_line(w.output())
             stored = await b.fetchval(s, "SELECT count(*) FROM frame_events")
             if stored != n:
                 raise RuntimeError(f"connect peer stored {stored} rows of {n}")

@@ -24,7 +24,7 @@ async def replay(b: Bench) -> None:
                     "load-store", python_argv("-m", "bench.probes", "load-store"), worker_env(s)
                 )
                 await b.stack.drive([w], groups=[], total=0, timeout_s=b.scale.timeout_s)
-                d["store_preload"] = read_json_line(w.log_path.read_text())
+                d["store_preload"] = read_json_line(w.output())
             for _ in range(b.scale.replay_reps):
                 w = b.stack.worker(
                     f"replay-{source}",

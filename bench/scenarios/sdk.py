@@ -36,7 +36,7 @@ async def sdk(b: Bench) -> None:
             worker_env(s),
         )  # fmt: skip
         await b.stack.drive([wt], groups=[], total=0, timeout_s=sc.timeout_s)
-        tp = read_json_line(wt.log_path.read_text())
+        tp = read_json_line(wt.output())
         records = await b.stack.end_offsets_total(s.event_topics)
     finally:
         await b.stack.delete_prefix(prefix)
@@ -64,7 +64,7 @@ async def sdk(b: Bench) -> None:
         worker_env(s),
     )  # fmt: skip
     await b.stack.drive([wo], groups=[], total=0, timeout_s=sc.timeout_s)
-    ov = read_json_line(wo.log_path.read_text())
+    ov = read_json_line(wo.output())
     b.put("sdk_overhead_us_per_frame", [r["overhead_cpu_us"] for r in ov["sdk"]], 1)
     b.put("sdk_overhead_batch_us_per_frame", [r["overhead_cpu_us"] for r in ov["batch"]], 1)
     b.put("sdk_bare_us_per_frame", [r["bare_cpu_us"] for r in ov["sdk"]], 1)
