@@ -18,10 +18,11 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import Gauge
 
 from projections.events import from_kafka
 from projections.fold import ProjEvent
-from projections.store import CheckpointConflict, FramesProjectionStore, GenerationChanged
+from projections.store import PROJECTION, CheckpointConflict, FramesProjectionStore, GenerationChanged
 from tracker import metrics
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
@@ -88,8 +89,8 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
     async def position(self, tp: TopicPartition) -> int | None:
         return self._expected.get((tp.topic, tp.partition)) or 0
 
-    def export_lag(self, tp: TopicPartition, lag: int) -> None:
-        metrics.projection_lag.labels("frames", tp.topic, str(tp.partition)).set(lag)
+    def lag_series(self, tp: TopicPartition) -> tuple[Gauge, tuple[str, ...]]:
+        return metrics.projection_lag, (PROJECTION, tp.topic, str(tp.partition))
 
     async def _seek_to_checkpoints(self, tps: list[TopicPartition]) -> None:
         store = self.store

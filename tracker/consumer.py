@@ -23,6 +23,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 from opentelemetry.trace import Link, SpanKind
+from prometheus_client import Gauge
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from tracker import metrics
@@ -188,8 +189,8 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
     async def position(self, tp: TopicPartition) -> int | None:
         return await self.kafka_position(tp)
 
-    def export_lag(self, tp: TopicPartition, lag: int) -> None:
-        metrics.consumer_lag.labels(self.group_id, tp.topic, str(tp.partition)).set(lag)
+    def lag_series(self, tp: TopicPartition) -> tuple[Gauge, tuple[str, ...]]:
+        return metrics.consumer_lag, (self.group_id, tp.topic, str(tp.partition))
 
     def prepare(self, batch: dict[TopicPartition, list[Any]]) -> _Prepared:
         """The CPU part of a batch: decoding and validation."""
@@ -201,7 +202,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         )
 
     async def write(self, prepared: _Prepared) -> int:
-        """Make one decoded batch durable, then commit it (raises Abandoned)."""
+        """Make one decoded batch durable, then commit it (raises Interrupted)."""
         if self._store is None or self._dlq is None:
             raise TrackerError("EventStoreConsumer is not started: call start() first")
         consumer, store, dlq = self.consumer, self._store, self._dlq

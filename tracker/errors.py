@@ -145,8 +145,10 @@ class GenerationChanged(TrackerError):
 
 
 class Interrupted(Exception):
-    """A stop was requested part-way through a rebuild phase; what is done is
-    durable and a rerun resumes. Control flow: never reaches the CLI or the API."""
+    """A stop was requested part-way through: a worker's batch during a database
+    outage (left uncommitted, redelivered), or a rebuild phase (what is done is
+    durable, a rerun resumes). The one way to say so; control flow that never
+    reaches the CLI or the API."""
 
 
 # ---- what an error means to the CLI and the HTTP API ---------------------------------

@@ -14,7 +14,7 @@ partitions stand for lag. The runtime owns the rest, once:
   and so commits, still happen one batch at a time and in order);
 - outages: :meth:`KafkaWorker.durable` pauses fetching on the partitions the
   worker owns, retries while the database is unavailable, resumes only the
-  partitions still owned, and raises :class:`Abandoned` when a stop was
+  partitions still owned, and raises :class:`~tracker.errors.Interrupted` when a stop was
   requested meanwhile (the batch stays uncommitted and is redelivered);
 - rebalances: a revocation waits for the batch being written;
 - lag, refreshed after every batch and on a timer; background tasks whose
@@ -36,11 +36,12 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from tracker import metrics
 from tracker.config import Settings
 from tracker.db import connect_pool, retry_while_unavailable
-from tracker.errors import BrokerError, DatabaseUnavailable, TrackerError
+from tracker.errors import BrokerError, DatabaseUnavailable, Interrupted, TrackerError
 from tracker.kafka import ensure_topics, make_consumer, next_batch
 from tracker.progress import ProgressSampler, periodically
 
@@ -49,11 +50,6 @@ log = logging.getLogger(__name__)
 P = TypeVar("P")
 T = TypeVar("T")
 Batch = dict[TopicPartition, list[Any]]
-
-
-class Abandoned(Exception):
-    """A batch given up uncommitted because a stop was requested during a
-    database outage; its records are delivered again to whoever reads next."""
 
 
 def on_stop_signals(callback: Callable[[], None]) -> None:
@@ -79,6 +75,10 @@ class _Rebalance(ConsumerRebalanceListener):
         async with self.worker._batch_lock:
             log.info("partitions revoked: %s", _names(revoked))
             await self.worker.on_revoked(list(revoked))
+            for tp in revoked:
+                gauge, labels = self.worker.lag_series(tp)
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", _names(assigned))
@@ -146,8 +146,11 @@ class KafkaWorker(ABC, Generic[P]):
         """Where the worker stands in ``tp`` (its next offset), for lag; ``None``: unknown."""
 
     @abstractmethod
-    def export_lag(self, tp: TopicPartition, lag: int) -> None:
-        """Set the worker's lag gauge for ``tp``."""
+    def lag_series(self, tp: TopicPartition) -> tuple[Gauge, tuple[str, ...]]:
+        """The gauge and label values of the worker's lag for ``tp``. The runtime
+        sets it, and removes it when ``tp`` is revoked: a partition another
+        instance now owns must not keep this one's last value (a ``sum`` over
+        instances would count the partition twice)."""
 
     # ---- lifecycle ----------------------------------------------------------
     @property
@@ -289,7 +292,7 @@ class KafkaWorker(ABC, Generic[P]):
         async with self._batch_lock:
             try:
                 n = await self.write(prepared)
-            except Abandoned:
+            except Interrupted:
                 return False
         metrics.batch_records.labels(self.kind).observe(n)
         metrics.worker_records.labels(self.kind).inc(n)  # throughput: rate() of it
@@ -319,8 +322,9 @@ class KafkaWorker(ABC, Generic[P]):
             if hw is None:
                 continue
             pos = await self.position(tp)
-            if pos is not None:
-                self.export_lag(tp, max(0, hw - pos))
+            if pos is not None and tp in consumer.assignment():
+                gauge, labels = self.lag_series(tp)
+                gauge.labels(*labels).set(max(0, hw - pos))
 
     # ---- the database ---------------------------------------------------------
     async def retry_db(self, fn: Callable[[], Awaitable[T]], *, startup: bool = False) -> T:
@@ -341,7 +345,9 @@ class KafkaWorker(ABC, Generic[P]):
     async def durable(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run a database step of a batch, pausing fetching while the database is down.
 
-        Raises :class:`Abandoned` when a stop was requested during the outage.
+        Raises :class:`~tracker.errors.Interrupted` when a stop was requested
+        during the outage: the batch is given up uncommitted, and its records
+        are delivered again to whoever reads next.
         """
         try:
             return await fn()
@@ -356,7 +362,7 @@ class KafkaWorker(ABC, Generic[P]):
         except DatabaseUnavailable:
             if self._stopping.is_set():
                 log.warning("stopping during a database outage; batch left uncommitted")
-                raise Abandoned from None
+                raise Interrupted("stop requested during a database outage") from None
             raise
         finally:
             # Only what is still ours: a rebalance during the outage may have moved some.

@@ -68,3 +68,28 @@ async def test_a_failing_start_leaves_nothing_open(
     with pytest.raises(TrackerError, match="start"):
         await worker.run()
     await worker.stop()  # and stopping what never started is harmless
+
+
+async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Settings) -> None:
+    """Once another instance owns a partition, this one's last lag value for it
+    must go: a ``sum`` over instances would otherwise count it twice."""
+    from aiokafka import TopicPartition
+
+    from tracker import metrics
+    from tracker.runtime import _Rebalance
+
+    for worker in (EventStoreConsumer(settings), ProjectionWorker(settings)):
+        kept, moved = TopicPartition(settings.camera_topic, 0), TopicPartition(settings.camera_topic, 1)
+        for tp in (kept, moved):
+            gauge, labels = worker.lag_series(tp)
+            gauge.labels(*labels).set(42)
+        await _Rebalance(worker).on_partitions_revoked([moved])
+        text = metrics.exposition()[0].decode()
+        name = "tracker_consumer_lag_records" if isinstance(worker, EventStoreConsumer) else (
+            "tracker_projection_lag_records"
+        )
+        topic = settings.camera_topic
+        series = [line for line in text.splitlines() if line.startswith(name + "{") and topic in line]
+        assert len(series) == 1 and 'partition="0"' in series[0], series
+        gauge, labels = worker.lag_series(kept)
+        gauge.remove(*labels)
