@@ -69,6 +69,6 @@ Where things are, while `tracker serve` runs (start it with .venv/bin/tracker se
   API       http://127.0.0.1:8080/api/v1/...   (endpoints: http://127.0.0.1:8080/openapi.json)
   health    http://127.0.0.1:8080/healthz  http://127.0.0.1:8080/readyz
   metrics   http://127.0.0.1:8080/metrics; workers: tracker consume (:9464), tracker project (:9465)
-  traces    set OTEL_EXPORTER_OTLP_ENDPOINT to export spans; journeys link to Jaeger
+  traces    set OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER=console) to export spans; journeys link to Jaeger
   stack     make stack-status / make stack-down
 TXT
