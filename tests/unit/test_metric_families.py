@@ -15,7 +15,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from tracker import metrics
+from tracker import metrics, metrics_registry
 from tracker.status import GroupStatus, PartitionStatus, Status, export_status_metrics
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -69,10 +69,10 @@ def test_a_unit_suffix_is_declared_and_the_names_do_not_change() -> None:
 
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
-    """tracker.metrics as in a new process: an empty registry nothing joined yet."""
+    """The registry as in a new process: empty, nothing joined yet."""
     registry = CollectorRegistry(auto_describe=True)
-    monkeypatch.setattr(metrics, "REGISTRY", registry)
-    monkeypatch.setattr(metrics, "_joined", set())
+    monkeypatch.setattr(metrics_registry, "REGISTRY", registry)
+    monkeypatch.setattr(metrics_registry, "_joined", set())
     return registry
 
 

@@ -18,7 +18,7 @@ from opentelemetry.trace import Tracer
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tracker import metrics
+from tracker import metrics, service_metrics
 from tracker.metrics import REGISTRY, ServiceMetrics, TimingContext, get_metrics
 
 _names = itertools.count()
@@ -63,8 +63,8 @@ def tracer() -> Tracer:
 @pytest.fixture
 def fresh_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """No get_metrics call has happened yet in this 'process'."""
-    monkeypatch.setattr(metrics, "_services", {})
-    monkeypatch.setattr(metrics, "_default_service", None)
+    monkeypatch.setattr(service_metrics, "_services", {})
+    monkeypatch.setattr(service_metrics, "_default_service", None)
 
 
 def ids_of(span: Any) -> dict[str, str]:
