@@ -65,7 +65,7 @@ def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-_JOURNEY_FRAME = """
+JOURNEY_FRAME = """
 SELECT frame_id, frame_timestamp, camera_id, state, captured_at, queued_at,
        processing_started_at, completed_at, failed_at, total_processing_time_ms,
        error_type, error_message, error_stage, metadata, last_trace_id, events_applied,
@@ -73,7 +73,7 @@ SELECT frame_id, frame_timestamp, camera_id, state, captured_at, queued_at,
 FROM frame_metadata WHERE frame_id = $1
 ORDER BY frame_timestamp LIMIT 1
 """
-_JOURNEY_EVENTS = """
+JOURNEY_EVENTS = """
 SELECT event_id::text AS event_id, event_type, occurred_at, recorded_at, producer, stage,
        attempt, duration_ms, error_type, error_message, trace_id, span_id, topic,
        "partition", "offset", lifecycle_flag, camera_id, frame_timestamp,
@@ -83,12 +83,12 @@ FROM frame_events WHERE frame_id = $1
 ORDER BY occurred_at, event_id
 LIMIT 1000
 """
-_JOURNEY_STAGES = """
+JOURNEY_STAGES = """
 SELECT stage, attempt, status, started_at, finished_at, duration_ms, error_type, error_message
 FROM processing_stages WHERE frame_id = $1
 ORDER BY coalesce(started_at, finished_at), stage, attempt
 """
-_SLOW = """
+SLOW = """
 SELECT m.frame_id, m.camera_id, m.frame_timestamp, m.state, m.total_processing_time_ms,
        m.last_trace_id, s.stage AS slowest_stage, s.duration_ms AS slowest_stage_ms
 FROM frame_metadata m
@@ -106,7 +106,7 @@ LIMIT $4
 # that to the failed rows); the frames they are a share of come from the hourly
 # rollup, which the projection keeps exact, instead of counting every frame of
 # the window. Hence the window starts on an hour, as the other rollup reads do.
-_FAILURES = """
+FAILURES = """
 SELECT coalesce(m.error_stage, '(none)') AS stage, m.error_type, m.camera_id,
        count(*) AS failures,
        min(m.failed_at) AS first_seen, max(m.failed_at) AS last_seen,
@@ -117,10 +117,10 @@ WHERE m.frame_timestamp >= $1 AND m.failed_at IS NOT NULL
 GROUP BY 1, 2, 3
 ORDER BY failures DESC, stage, m.error_type, m.camera_id
 """
-_FRAMES_PER_CAMERA = """
+FRAMES_PER_CAMERA = """
 SELECT camera_id, sum(frames) AS frames FROM frame_stats_hourly WHERE hour >= $1 GROUP BY camera_id
 """
-_STAGE_FAILURES = """
+STAGE_FAILURES = """
 SELECT stage, error_type, count(*) AS failures, min(finished_at) AS first_seen,
        max(finished_at) AS last_seen,
        (array_agg(frame_id ORDER BY finished_at DESC))[1] AS sample_frame_id
@@ -128,7 +128,7 @@ FROM processing_stages
 WHERE frame_timestamp >= $1 AND status IN ('failed', 'conflicted')
 GROUP BY 1, 2 ORDER BY failures DESC, stage, error_type
 """
-_CAMERA_STATS = """
+CAMERA_STATS = """
 SELECT camera_id, sum(frames) AS frames, sum(captured) AS captured, sum(queued) AS queued,
        sum(processing) AS processing, sum(completed) AS completed, sum(failed) AS failed,
        sum(conflicted) AS conflicted, sum(processing_time_count) AS timed,
@@ -137,7 +137,7 @@ SELECT camera_id, sum(frames) AS frames, sum(captured) AS captured, sum(queued) 
 FROM frame_stats_hourly WHERE hour >= $1
 GROUP BY camera_id ORDER BY camera_id
 """
-_STAGE_STATS = """
+STAGE_STATS = """
 SELECT stage, sum(runs) AS runs, sum(completed) AS completed, sum(failed) AS failed,
        sum(conflicted) AS conflicted, sum(running) AS running,
        sum(duration_count) AS timed, sum(duration_sum_ms) AS time_sum_ms,
@@ -145,7 +145,7 @@ SELECT stage, sum(runs) AS runs, sum(completed) AS completed, sum(failed) AS fai
 FROM performance_stats WHERE hour >= $1
 GROUP BY stage ORDER BY stage
 """
-_CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM frame_stats_hourly WHERE camera_id = $1)"
+CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM frame_stats_hourly WHERE camera_id = $1)"
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class FrameTrackingQueries:
 
     async def camera_exists(self, camera_id: str) -> bool:
         check_camera_id(camera_id)
-        rows = await self._fetch(_CAMERA_EXISTS, camera_id)
+        rows = await self._fetch(CAMERA_EXISTS, camera_id)
         return bool(rows[0][0])
 
     async def get_frame_journey(self, frame_id: str) -> dict[str, Any]:
@@ -237,9 +237,9 @@ class FrameTrackingQueries:
             ):
                 # One snapshot: frame row, events and stages agree with each other.
                 return (
-                    await conn.fetchrow(_JOURNEY_FRAME, frame_id),
-                    await conn.fetch(_JOURNEY_EVENTS, frame_id),
-                    await conn.fetch(_JOURNEY_STAGES, frame_id),
+                    await conn.fetchrow(JOURNEY_FRAME, frame_id),
+                    await conn.fetch(JOURNEY_EVENTS, frame_id),
+                    await conn.fetch(JOURNEY_STAGES, frame_id),
                 )
 
         frame, events, stages = await call_db(run)
@@ -343,7 +343,7 @@ class FrameTrackingQueries:
         if camera_id is not None:
             check_camera_id(camera_id)
         since = datetime.now(UTC) - timedelta(hours=hours)
-        rows = await self._fetch(_SLOW, since, threshold_ms, camera_id, limit)
+        rows = await self._fetch(SLOW, since, threshold_ms, camera_id, limit)
         return [
             {
                 "frame_id": r["frame_id"],
@@ -362,9 +362,9 @@ class FrameTrackingQueries:
     async def get_failure_analysis(self, hours: float) -> dict[str, Any]:
         check_hours(hours)
         since = _hour_floor(datetime.now(UTC) - timedelta(hours=hours))
-        rows = await self._fetch(_FAILURES, since)
-        stage_rows = await self._fetch(_STAGE_FAILURES, since)
-        per_camera = {r["camera_id"]: int(r["frames"]) for r in await self._fetch(_FRAMES_PER_CAMERA, since)}
+        rows = await self._fetch(FAILURES, since)
+        stage_rows = await self._fetch(STAGE_FAILURES, since)
+        per_camera = {r["camera_id"]: int(r["frames"]) for r in await self._fetch(FRAMES_PER_CAMERA, since)}
         total = sum(per_camera.values())
         failed = sum(int(r["failures"]) for r in rows)
         return {
@@ -408,7 +408,7 @@ class FrameTrackingQueries:
     async def get_camera_stats(self, hours: float) -> list[dict[str, Any]]:
         check_hours(hours)
         since = _hour_floor(datetime.now(UTC) - timedelta(hours=hours))
-        rows = await self._fetch(_CAMERA_STATS, since)
+        rows = await self._fetch(CAMERA_STATS, since)
         seconds = hours * 3600.0
         return [
             {
@@ -430,7 +430,7 @@ class FrameTrackingQueries:
     async def get_stage_performance(self, hours: float) -> list[dict[str, Any]]:
         check_hours(hours)
         since = _hour_floor(datetime.now(UTC) - timedelta(hours=hours))
-        rows = await self._fetch(_STAGE_STATS, since)
+        rows = await self._fetch(STAGE_STATS, since)
         return [
             {
                 "stage": r["stage"],

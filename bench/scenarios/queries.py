@@ -90,9 +90,9 @@ async def _plans(s: Settings) -> dict[str, Any]:
         conn = await asyncpg.connect(s.database_url.get())
         try:
             for name, sql, args in (
-                ("slow", tq._SLOW, (now - timedelta(hours=1), 1000.0, None, 20)),
-                ("failures", tq._FAILURES, (now - timedelta(hours=24),)),
-                ("stage_failures", tq._STAGE_FAILURES, (now - timedelta(hours=24),)),
+                ("slow", tq.SLOW, (now - timedelta(hours=1), 1000.0, None, 20)),
+                ("failures", tq.FAILURES, (now - timedelta(hours=24),)),
+                ("stage_failures", tq.STAGE_FAILURES, (now - timedelta(hours=24),)),
             ):
                 rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
                 out[name] = [r[0] for r in rows]

@@ -107,15 +107,15 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
     since = datetime.now(UTC) - timedelta(hours=1)
     plans = {}
     for name, sql, args in [
-        ("journey_events", qm._JOURNEY_EVENTS, ["f"]),
-        ("journey_frame", qm._JOURNEY_FRAME, ["f"]),
-        ("journey_stages", qm._JOURNEY_STAGES, ["f"]),
-        ("slow", qm._SLOW, [since, 100.0, None, 10]),
-        ("failures", qm._FAILURES, [since]),
-        ("failure_frames", qm._FRAMES_PER_CAMERA, [since]),
-        ("stage_failures", qm._STAGE_FAILURES, [since]),
-        ("camera_stats", qm._CAMERA_STATS, [since]),
-        ("stage_stats", qm._STAGE_STATS, [since]),
+        ("journey_events", qm.JOURNEY_EVENTS, ["f"]),
+        ("journey_frame", qm.JOURNEY_FRAME, ["f"]),
+        ("journey_stages", qm.JOURNEY_STAGES, ["f"]),
+        ("slow", qm.SLOW, [since, 100.0, None, 10]),
+        ("failures", qm.FAILURES, [since]),
+        ("failure_frames", qm.FRAMES_PER_CAMERA, [since]),
+        ("stage_failures", qm.STAGE_FAILURES, [since]),
+        ("camera_stats", qm.CAMERA_STATS, [since]),
+        ("stage_stats", qm.STAGE_STATS, [since]),
     ]:
         rows = await db.fetch("EXPLAIN " + sql, *args)
         plans[name] = "\n".join(r[0] for r in rows)
