@@ -37,7 +37,7 @@ from projections.fold import (
     frame_contribution,
     stage_contribution,
 )
-from projections.store import FRAME_COLS, STAGE_COLS, _Statements, frame_to_db, stage_to_db
+from projections.store import FRAME_COLS, STAGE_COLS, GenerationStatements, frame_to_db, stage_to_db
 from tracker import events as ev
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
@@ -273,7 +273,7 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         info["index_s"] = round(time.monotonic() - t0, 1)
         log(f"queries: indexes rebuilt in {info['index_s']:.0f}s")
 
-        st = _Statements(g)
+        st = GenerationStatements(g)
         frows, srows = [], []
         for k in range(HOURS):
             d = timedelta(hours=k)

@@ -1,0 +1,183 @@
+"""How the fold's rows are stored: the columns of ``frame_metadata_g<N>`` and
+``processing_stages_g<N>`` that the projection writes, and the conversions of
+:class:`FrameRow` and :class:`StageRow` to and from them.
+
+Besides what readers see, a row keeps the fold's state (which event won each
+choice, the applied event ids), so that a stored row merges with a new batch
+exactly as the in-memory row would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from projections.rows import FrameRow, StageRow
+
+FRAME_COLS = (
+    "frame_id",
+    "frame_timestamp",
+    "camera_id",
+    "state",
+    "captured_at",
+    "queued_at",
+    "processing_started_at",
+    "completed_at",
+    "failed_at",
+    "total_processing_time_ms",
+    "error_type",
+    "error_message",
+    "error_stage",
+    "metadata",
+    "last_trace_id",
+    "events_applied",
+    "last_event_at",
+    "completed_event_id",
+    "completed_duration_ms",
+    "failed_event_id",
+    "failed_duration_ms",
+    "captured_event_id",
+    "trace_event_at",
+    "trace_event_id",
+    "stage_seen_at",
+    "event_ids",
+)
+STAGE_COLS = (
+    "frame_id",
+    "frame_timestamp",
+    "stage",
+    "attempt",
+    "camera_id",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "error_type",
+    "error_message",
+    "completed_event_at",
+    "completed_event_id",
+    "completed_duration_ms",
+    "failed_event_at",
+    "failed_event_id",
+    "failed_duration_ms",
+)
+
+
+def frame_to_db(r: FrameRow) -> tuple[Any, ...]:
+    return (
+        r.frame_id,
+        r.frame_timestamp,
+        r.camera_id,
+        r.state,
+        r.captured_at,
+        r.queued_at,
+        r.processing_started_at,
+        r.completed_at,
+        r.failed_at,
+        r.total_processing_time_ms,
+        r.error_type,
+        r.error_message,
+        r.error_stage,
+        json.dumps(r.metadata, sort_keys=True),
+        r.last_trace_id,
+        r.events_applied,
+        r.last_event_at,
+        r.completed_ev[1] if r.completed_ev else None,
+        r.completed_ev[2] if r.completed_ev else None,
+        r.failed_ev[1] if r.failed_ev else None,
+        r.failed_ev[2] if r.failed_ev else None,
+        r.captured_ev[1] if r.captured_ev else None,
+        r.trace_ev[0] if r.trace_ev else None,
+        r.trace_ev[1] if r.trace_ev else None,
+        r.stage_seen_at,
+        sorted(r.event_ids),
+    )
+
+
+def frame_from_db(rec: Mapping[str, Any]) -> FrameRow:
+    meta = json.loads(rec["metadata"]) if isinstance(rec["metadata"], str) else rec["metadata"]
+    return FrameRow(
+        frame_id=rec["frame_id"],
+        frame_timestamp=rec["frame_timestamp"],
+        camera_id=rec["camera_id"],
+        captured_at=rec["captured_at"],
+        queued_at=rec["queued_at"],
+        processing_started_at=rec["processing_started_at"],
+        completed_at=rec["completed_at"],
+        failed_at=rec["failed_at"],
+        completed_ev=(rec["completed_at"], rec["completed_event_id"], rec["completed_duration_ms"])
+        if rec["completed_event_id"] is not None
+        else None,
+        failed_ev=(
+            rec["failed_at"],
+            rec["failed_event_id"],
+            rec["failed_duration_ms"],
+            rec["error_type"],
+            rec["error_message"],
+            rec["error_stage"],
+        )
+        if rec["failed_event_id"] is not None
+        else None,
+        captured_ev=(rec["captured_at"], rec["captured_event_id"], tuple(sorted((meta or {}).items())))
+        if rec["captured_event_id"] is not None
+        else None,
+        trace_ev=(rec["trace_event_at"], rec["trace_event_id"], rec["last_trace_id"])
+        if rec["trace_event_id"] is not None
+        else None,
+        last_event_at=rec["last_event_at"],
+        stage_seen_at=rec["stage_seen_at"],
+        event_ids=frozenset(rec["event_ids"]),
+    )
+
+
+def stage_to_db(r: StageRow) -> tuple[Any, ...]:
+    c, f = r.completed_ev, r.failed_ev
+    return (
+        r.frame_id,
+        r.frame_timestamp,
+        r.stage,
+        r.attempt,
+        r.camera_id,
+        r.status,
+        r.started_at,
+        r.finished_at,
+        r.duration_ms,
+        r.error_type,
+        r.error_message,
+        c[0] if c else None,
+        c[1] if c else None,
+        c[2] if c else None,
+        f[0] if f else None,
+        f[1] if f else None,
+        f[2] if f else None,
+    )
+
+
+def stage_from_db(rec: Mapping[str, Any]) -> StageRow:
+    c = (
+        (rec["completed_event_at"], rec["completed_event_id"], rec["completed_duration_ms"], None, None)
+        if rec["completed_event_id"] is not None
+        else None
+    )
+    f = (
+        (
+            rec["failed_event_at"],
+            rec["failed_event_id"],
+            rec["failed_duration_ms"],
+            rec["error_type"],
+            rec["error_message"],
+        )
+        if rec["failed_event_id"] is not None
+        else None
+    )
+    return StageRow(
+        frame_id=rec["frame_id"],
+        frame_timestamp=rec["frame_timestamp"],
+        stage=rec["stage"],
+        attempt=rec["attempt"],
+        camera_id=rec["camera_id"],
+        started_at=rec["started_at"],
+        completed_ev=c,
+        failed_ev=f,
+    )
