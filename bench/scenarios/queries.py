@@ -84,7 +84,7 @@ async def _plans(s: Settings) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the windowed queries: where their time goes."""
     out: dict[str, Any] = {}
     try:
-        from tracker import queries as tq
+        from tracker.queries import statements as tq
 
         now = datetime.now(UTC)
         conn = await asyncpg.connect(s.database_url.get())

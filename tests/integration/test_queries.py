@@ -99,7 +99,7 @@ async def test_slow_failures_and_stats_agree_with_the_tables(filled: FrameTracki
 
 
 async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled, db) -> None:  # type: ignore[no-untyped-def]
-    from tracker import queries as qm
+    from tracker.queries import statements as qm
 
     await db.execute("SET enable_seqscan = off")  # any remaining Seq Scan has no index to use
     from datetime import UTC, datetime, timedelta

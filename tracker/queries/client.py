@@ -1,0 +1,166 @@
+"""``FrameTrackingQueries``: the pool, ``connect()`` and the queries, which
+check their parameters (``checks``), run their statements (``statements``) and
+shape the rows (``shaping``, ``journey``)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from tracker.config import Settings
+from tracker.db import call_db, connect_pool
+from tracker.errors import NotFound
+from tracker.queries import shaping, statements
+from tracker.queries.checks import check_camera_id, check_frame_id, check_hours, check_limit, check_threshold
+from tracker.queries.journey import frame_journey
+from tracker.queries.shaping import TraceLink
+
+
+class FrameTrackingQueries:
+    """Read-only queries over the projections and the event store.
+
+    ``connect()`` works both ways, as asyncpg's pools do::
+
+        q = await FrameTrackingQueries.connect()        # close with await q.close()
+        async with FrameTrackingQueries.connect() as q:  # closed on exit
+            journey = await q.get_frame_journey(frame_id)
+
+    Without ``settings`` they are read from the ``TRACKER_*`` variables.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self.settings = settings
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> _Connecting:
+        return _Connecting(cls, settings)
+
+    @classmethod
+    async def _open(cls, settings: Settings | None) -> FrameTrackingQueries:
+        settings = settings or Settings.from_env()
+
+        async def init(conn: asyncpg.Connection) -> None:
+            if await conn.fetchval(statements.IS_READ_ROLE_MEMBER):
+                await conn.execute(statements.SET_READ_ROLE)
+
+        dsn = settings.query_database_url.get() or None
+        pool = await connect_pool(
+            settings,
+            dsn=dsn,
+            min_size=0,
+            max_size=settings.database_pool_size,
+            server_settings={
+                "default_transaction_read_only": "on",
+                "statement_timeout": "30000",
+                "application_name": "tracker-queries",
+            },
+            init=init,
+        )
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> FrameTrackingQueries:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def trace_link(self, trace_id: str | None) -> TraceLink | None:
+        if not trace_id:
+            return None
+        return TraceLink(trace_id, self.settings.trace_url_template.format(trace_id=trace_id))
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async def run() -> list[asyncpg.Record]:
+            async with self._pool.acquire() as conn:
+                return await conn.fetch(sql, *args)
+
+        return await call_db(run)
+
+    async def camera_exists(self, camera_id: str) -> bool:
+        check_camera_id(camera_id)
+        rows = await self._fetch(statements.CAMERA_EXISTS, camera_id)
+        return bool(rows[0]["exists"])
+
+    async def get_frame_journey(self, frame_id: str) -> dict[str, Any]:
+        check_frame_id(frame_id)
+
+        async def run() -> tuple[Any, list[asyncpg.Record], list[asyncpg.Record]]:
+            async with (
+                self._pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                # One snapshot: frame row, events and stages agree with each other.
+                return (
+                    await conn.fetchrow(statements.JOURNEY_FRAME, frame_id),
+                    await conn.fetch(statements.JOURNEY_EVENTS, frame_id),
+                    await conn.fetch(statements.JOURNEY_STAGES, frame_id),
+                )
+
+        frame, events, stages = await call_db(run)
+        if frame is None and not events:
+            raise NotFound(f"frame {frame_id!r} not found")
+        return frame_journey(frame_id, frame, events, stages, self.trace_link)
+
+    async def find_slow_frames(
+        self, threshold_ms: float, hours: float, camera_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        check_threshold(threshold_ms)
+        check_hours(hours)
+        check_limit(limit)
+        if camera_id is not None:
+            check_camera_id(camera_id)
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        rows = await self._fetch(statements.SLOW, since, threshold_ms, camera_id, limit)
+        return shaping.slow_frames(rows, self.trace_link)
+
+    async def get_failure_analysis(self, hours: float) -> dict[str, Any]:
+        check_hours(hours)
+        since = _since_hour(hours)
+        rows = await self._fetch(statements.FAILURES, since)
+        stage_rows = await self._fetch(statements.STAGE_FAILURES, since)
+        frames = await self._fetch(statements.FRAMES_PER_CAMERA, since)
+        per_camera = {r["camera_id"]: int(r["frames"]) for r in frames}
+        return shaping.failure_analysis(hours, since, rows, stage_rows, per_camera, self.trace_link)
+
+    async def get_camera_stats(self, hours: float) -> list[dict[str, Any]]:
+        check_hours(hours)
+        rows = await self._fetch(statements.CAMERA_STATS, _since_hour(hours))
+        return shaping.camera_stats(rows, hours)
+
+    async def get_stage_performance(self, hours: float) -> list[dict[str, Any]]:
+        check_hours(hours)
+        rows = await self._fetch(statements.STAGE_STATS, _since_hour(hours))
+        return shaping.stage_performance(rows)
+
+
+def _since_hour(hours: float) -> datetime:
+    # The rollups are hourly, so their windows start on the hour.
+    return shaping.hour_floor(datetime.now(UTC) - timedelta(hours=hours))
+
+
+class _Connecting:
+    """What ``FrameTrackingQueries.connect()`` returns: await it, or ``async with`` it."""
+
+    def __init__(self, cls: type[FrameTrackingQueries], settings: Settings | None) -> None:
+        self._cls = cls
+        self._settings = settings
+        self._queries: FrameTrackingQueries | None = None
+
+    def __await__(self) -> Generator[Any, None, FrameTrackingQueries]:
+        return self._cls._open(self._settings).__await__()
+
+    async def __aenter__(self) -> FrameTrackingQueries:
+        self._queries = await self._cls._open(self._settings)
+        return self._queries
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._queries is not None:
+            queries, self._queries = self._queries, None
+            await queries.close()

@@ -1,0 +1,98 @@
+"""The read side's statements, each parameterised and built once.
+
+Each is served by an index or a rollup (``tests/integration/test_queries.py``
+checks the plans by statement, and bench EXPLAINs the windowed ones): the
+journey by ``frame_id`` indexes, windows by ``frame_timestamp`` partitions and
+indexes, statistics by the hourly rollups.
+"""
+
+from __future__ import annotations
+
+# Run on each new connection of the pool: read as tracker_read where the
+# migrations created it.
+IS_READ_ROLE_MEMBER = (
+    "SELECT pg_has_role(current_user, 'tracker_read', 'MEMBER') FROM pg_roles WHERE rolname = 'tracker_read'"
+)
+SET_READ_ROLE = "SET SESSION ROLE tracker_read"
+
+JOURNEY_FRAME = """
+SELECT frame_id, frame_timestamp, camera_id, state, captured_at, queued_at,
+       processing_started_at, completed_at, failed_at, total_processing_time_ms,
+       error_type, error_message, error_stage, metadata, last_trace_id, events_applied,
+       last_event_at
+FROM frame_metadata WHERE frame_id = $1
+ORDER BY frame_timestamp LIMIT 1
+"""
+JOURNEY_EVENTS = """
+SELECT event_id::text AS event_id, event_type, occurred_at, recorded_at, producer, stage,
+       attempt, duration_ms, error_type, error_message, trace_id, span_id, topic,
+       "partition", "offset", lifecycle_flag, camera_id, frame_timestamp,
+       extract(epoch FROM occurred_at - lag(occurred_at) OVER (ORDER BY occurred_at, event_id))
+           * 1000.0 AS since_previous_ms
+FROM frame_events WHERE frame_id = $1
+ORDER BY occurred_at, event_id
+LIMIT 1000
+"""
+JOURNEY_STAGES = """
+SELECT stage, attempt, status, started_at, finished_at, duration_ms, error_type, error_message
+FROM processing_stages WHERE frame_id = $1
+ORDER BY coalesce(started_at, finished_at), stage, attempt
+"""
+SLOW = """
+SELECT m.frame_id, m.camera_id, m.frame_timestamp, m.state, m.total_processing_time_ms,
+       m.last_trace_id, s.stage AS slowest_stage, s.duration_ms AS slowest_stage_ms
+FROM frame_metadata m
+LEFT JOIN LATERAL (
+    SELECT stage, duration_ms FROM processing_stages ps
+    WHERE ps.frame_id = m.frame_id AND ps.frame_timestamp = m.frame_timestamp
+      AND ps.duration_ms IS NOT NULL
+    ORDER BY ps.duration_ms DESC LIMIT 1) s ON true
+WHERE m.frame_timestamp >= $1 AND m.total_processing_time_ms >= $2
+  AND ($3::text IS NULL OR m.camera_id = $3)
+ORDER BY m.total_processing_time_ms DESC, m.frame_id
+LIMIT $4
+"""
+# Failed frames come from frame_metadata (the partial index on failed_at keeps
+# that to the failed rows); the frames they are a share of come from the hourly
+# rollup, which the projection keeps exact, instead of counting every frame of
+# the window. Hence the window starts on an hour, as the other rollup reads do.
+FAILURES = """
+SELECT coalesce(m.error_stage, '(none)') AS stage, m.error_type, m.camera_id,
+       count(*) AS failures,
+       min(m.failed_at) AS first_seen, max(m.failed_at) AS last_seen,
+       (array_agg(m.frame_id ORDER BY m.failed_at DESC))[1] AS sample_frame_id,
+       (array_agg(m.last_trace_id ORDER BY m.failed_at DESC))[1] AS sample_trace_id
+FROM frame_metadata m
+WHERE m.frame_timestamp >= $1 AND m.failed_at IS NOT NULL
+GROUP BY 1, 2, 3
+ORDER BY failures DESC, stage, m.error_type, m.camera_id
+"""
+FRAMES_PER_CAMERA = """
+SELECT camera_id, sum(frames) AS frames FROM frame_stats_hourly WHERE hour >= $1 GROUP BY camera_id
+"""
+STAGE_FAILURES = """
+SELECT stage, error_type, count(*) AS failures, min(finished_at) AS first_seen,
+       max(finished_at) AS last_seen,
+       (array_agg(frame_id ORDER BY finished_at DESC))[1] AS sample_frame_id
+FROM processing_stages
+WHERE frame_timestamp >= $1 AND status IN ('failed', 'conflicted')
+GROUP BY 1, 2 ORDER BY failures DESC, stage, error_type
+"""
+CAMERA_STATS = """
+SELECT camera_id, sum(frames) AS frames, sum(captured) AS captured, sum(queued) AS queued,
+       sum(processing) AS processing, sum(completed) AS completed, sum(failed) AS failed,
+       sum(conflicted) AS conflicted, sum(processing_time_count) AS timed,
+       sum(processing_time_sum_ms) AS time_sum_ms,
+       tracker_array_sum(processing_time_buckets) AS buckets
+FROM frame_stats_hourly WHERE hour >= $1
+GROUP BY camera_id ORDER BY camera_id
+"""
+STAGE_STATS = """
+SELECT stage, sum(runs) AS runs, sum(completed) AS completed, sum(failed) AS failed,
+       sum(conflicted) AS conflicted, sum(running) AS running,
+       sum(duration_count) AS timed, sum(duration_sum_ms) AS time_sum_ms,
+       tracker_array_sum(duration_buckets) AS buckets
+FROM performance_stats WHERE hour >= $1
+GROUP BY stage ORDER BY stage
+"""
+CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM frame_stats_hourly WHERE camera_id = $1)"
