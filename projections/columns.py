@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from projections.rows import FrameRow, StageRow
+from projections.rows import Capture, Completion, Failure, FrameRow, StageOutcome, StageRow, TraceMark
 
 FRAME_COLS = (
     "frame_id",
@@ -65,6 +65,7 @@ STAGE_COLS = (
 
 
 def frame_to_db(r: FrameRow) -> tuple[Any, ...]:
+    c, f, t = r.completed_ev, r.failed_ev, r.trace_ev
     return (
         r.frame_id,
         r.frame_timestamp,
@@ -83,13 +84,13 @@ def frame_to_db(r: FrameRow) -> tuple[Any, ...]:
         r.last_trace_id,
         r.events_applied,
         r.last_event_at,
-        r.completed_ev[1] if r.completed_ev else None,
-        r.completed_ev[2] if r.completed_ev else None,
-        r.failed_ev[1] if r.failed_ev else None,
-        r.failed_ev[2] if r.failed_ev else None,
-        r.captured_ev[1] if r.captured_ev else None,
-        r.trace_ev[0] if r.trace_ev else None,
-        r.trace_ev[1] if r.trace_ev else None,
+        c.event_id if c else None,
+        c.duration_ms if c else None,
+        f.event_id if f else None,
+        f.duration_ms if f else None,
+        r.captured_ev.event_id if r.captured_ev else None,
+        t.occurred_at if t else None,
+        t.event_id if t else None,
         r.stage_seen_at,
         sorted(r.event_ids),
     )
@@ -106,10 +107,10 @@ def frame_from_db(rec: Mapping[str, Any]) -> FrameRow:
         processing_started_at=rec["processing_started_at"],
         completed_at=rec["completed_at"],
         failed_at=rec["failed_at"],
-        completed_ev=(rec["completed_at"], rec["completed_event_id"], rec["completed_duration_ms"])
+        completed_ev=Completion(rec["completed_at"], rec["completed_event_id"], rec["completed_duration_ms"])
         if rec["completed_event_id"] is not None
         else None,
-        failed_ev=(
+        failed_ev=Failure(
             rec["failed_at"],
             rec["failed_event_id"],
             rec["failed_duration_ms"],
@@ -119,10 +120,10 @@ def frame_from_db(rec: Mapping[str, Any]) -> FrameRow:
         )
         if rec["failed_event_id"] is not None
         else None,
-        captured_ev=(rec["captured_at"], rec["captured_event_id"], tuple(sorted((meta or {}).items())))
+        captured_ev=Capture(rec["captured_at"], rec["captured_event_id"], tuple(sorted((meta or {}).items())))
         if rec["captured_event_id"] is not None
         else None,
-        trace_ev=(rec["trace_event_at"], rec["trace_event_id"], rec["last_trace_id"])
+        trace_ev=TraceMark(rec["trace_event_at"], rec["trace_event_id"], rec["last_trace_id"])
         if rec["trace_event_id"] is not None
         else None,
         last_event_at=rec["last_event_at"],
@@ -145,23 +146,23 @@ def stage_to_db(r: StageRow) -> tuple[Any, ...]:
         r.duration_ms,
         r.error_type,
         r.error_message,
-        c[0] if c else None,
-        c[1] if c else None,
-        c[2] if c else None,
-        f[0] if f else None,
-        f[1] if f else None,
-        f[2] if f else None,
+        c.occurred_at if c else None,
+        c.event_id if c else None,
+        c.duration_ms if c else None,
+        f.occurred_at if f else None,
+        f.event_id if f else None,
+        f.duration_ms if f else None,
     )
 
 
 def stage_from_db(rec: Mapping[str, Any]) -> StageRow:
     c = (
-        (rec["completed_event_at"], rec["completed_event_id"], rec["completed_duration_ms"], None, None)
+        StageOutcome(rec["completed_event_at"], rec["completed_event_id"], rec["completed_duration_ms"])
         if rec["completed_event_id"] is not None
         else None
     )
     f = (
-        (
+        StageOutcome(
             rec["failed_event_at"],
             rec["failed_event_id"],
             rec["failed_duration_ms"],

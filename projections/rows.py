@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from tracker.domain import ProcessingState
 
@@ -93,6 +93,67 @@ class ProjEvent:
         return (self.occurred_at, self.event_id)
 
 
+# ---- what a row keeps of the events that won a choice ---------------------------
+# Named tuples: built on the fold's hot path, compared and hashed as tuples.
+
+
+class Completion(NamedTuple):
+    """The earliest ``ProcessingCompleted`` of a frame."""
+
+    occurred_at: datetime
+    event_id: str
+    duration_ms: float | None
+
+
+class Failure(NamedTuple):
+    """The earliest ``ProcessingFailed`` of a frame."""
+
+    occurred_at: datetime
+    event_id: str
+    duration_ms: float | None
+    error_type: str | None
+    error_message: str | None
+    stage: str | None
+
+
+class Capture(NamedTuple):
+    """The earliest ``FrameCaptured`` of a frame; its attributes as sorted pairs (hashable)."""
+
+    occurred_at: datetime
+    event_id: str
+    attributes: tuple[tuple[str, str], ...]
+
+
+class TraceMark(NamedTuple):
+    """The latest event of a frame that carried a trace id."""
+
+    occurred_at: datetime
+    event_id: str
+    trace_id: str
+
+
+class StageOutcome(NamedTuple):
+    """The earliest completion, or the earliest failure, of one stage run."""
+
+    occurred_at: datetime
+    event_id: str
+    duration_ms: float | None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+class _Won(Protocol):
+    """What the choices are made on: the total order ``(occurred_at, event_id)``."""
+
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def event_id(self) -> str: ...
+
+
+_W = TypeVar("_W", bound=_Won)
+
+
 def _min(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None:
         return b
@@ -101,21 +162,24 @@ def _min(a: datetime | None, b: datetime | None) -> datetime | None:
     return a if a <= b else b
 
 
-def _first(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-    """Of two ``(occurred_at, event_id, payload...)`` tuples, the earliest (ties by id)."""
+def _first(a: _W | None, b: _W | None) -> _W | None:
+    """Of two, the earliest by ``(occurred_at, event_id)``."""
     if a is None:
         return b
     if b is None:
         return a
-    return a if a[:2] <= b[:2] else b
+    at, bt = a.occurred_at, b.occurred_at
+    return a if at < bt or (at == bt and a.event_id <= b.event_id) else b
 
 
-def _last(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+def _last(a: _W | None, b: _W | None) -> _W | None:
+    """Of two, the latest by ``(occurred_at, event_id)``."""
     if a is None:
         return b
     if b is None:
         return a
-    return a if a[:2] >= b[:2] else b
+    at, bt = a.occurred_at, b.occurred_at
+    return a if at > bt or (at == bt and a.event_id >= b.event_id) else b
 
 
 @_fast_init
@@ -129,15 +193,10 @@ class FrameRow:
     processing_started_at: datetime | None = None
     completed_at: datetime | None = None
     failed_at: datetime | None = None
-    # (occurred_at, event_id, duration_ms) of the earliest ProcessingCompleted
-    completed_ev: tuple[Any, ...] | None = None
-    # (occurred_at, event_id, duration_ms, error_type, error_message, stage) of the
-    # earliest ProcessingFailed
-    failed_ev: tuple[Any, ...] | None = None
-    # (occurred_at, event_id, attributes) of the earliest FrameCaptured
-    captured_ev: tuple[Any, ...] | None = None
-    # (occurred_at, event_id, trace_id) of the latest event carrying a trace id
-    trace_ev: tuple[Any, ...] | None = None
+    completed_ev: Completion | None = None
+    failed_ev: Failure | None = None
+    captured_ev: Capture | None = None
+    trace_ev: TraceMark | None = None
     last_event_at: datetime | None = None
     # first stage event time (a processing frame whose ProcessingStarted is late)
     stage_seen_at: datetime | None = None
@@ -160,39 +219,39 @@ class FrameRow:
 
     @property
     def total_processing_time_ms(self) -> float | None:
-        terminal = (
+        terminal: Completion | Failure | None = (
             self.completed_ev
             if self.state == COMPLETED
             else (self.failed_ev if self.state == FAILED else None)
         )
         if terminal is None:
             return None
-        if terminal[2] is not None:
-            return float(terminal[2])
+        if terminal.duration_ms is not None:
+            return float(terminal.duration_ms)
         start = self.processing_started_at
         if start is None:
             return None
-        return max(0.0, (terminal[0] - start).total_seconds() * 1000.0)
+        return max(0.0, (terminal.occurred_at - start).total_seconds() * 1000.0)
 
     @property
     def error_type(self) -> str | None:
-        return self.failed_ev[3] if self.failed_ev else None
+        return self.failed_ev.error_type if self.failed_ev else None
 
     @property
     def error_message(self) -> str | None:
-        return self.failed_ev[4] if self.failed_ev else None
+        return self.failed_ev.error_message if self.failed_ev else None
 
     @property
     def error_stage(self) -> str | None:
-        return self.failed_ev[5] if self.failed_ev else None
+        return self.failed_ev.stage if self.failed_ev else None
 
     @property
     def metadata(self) -> dict[str, str]:
-        return dict(self.captured_ev[2]) if self.captured_ev else {}
+        return dict(self.captured_ev.attributes) if self.captured_ev else {}
 
     @property
     def last_trace_id(self) -> str | None:
-        return self.trace_ev[2] if self.trace_ev else None
+        return self.trace_ev.trace_id if self.trace_ev else None
 
     @property
     def events_applied(self) -> int:
@@ -230,9 +289,8 @@ class StageRow:
     attempt: int
     camera_id: str
     started_at: datetime | None = None
-    # (occurred_at, event_id, duration_ms, error_type, error_message) per outcome
-    completed_ev: tuple[Any, ...] | None = None
-    failed_ev: tuple[Any, ...] | None = None
+    completed_ev: StageOutcome | None = None
+    failed_ev: StageOutcome | None = None
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -249,26 +307,26 @@ class StageRow:
         return STAGE_RUNNING
 
     @property
-    def _outcome(self) -> tuple[Any, ...] | None:
+    def _outcome(self) -> StageOutcome | None:
         return _first(self.completed_ev, self.failed_ev)
 
     @property
     def finished_at(self) -> datetime | None:
         o = self._outcome
-        return o[0] if o else None
+        return o.occurred_at if o else None
 
     @property
     def duration_ms(self) -> float | None:
         o = self._outcome
-        return None if o is None else o[2]
+        return None if o is None else o.duration_ms
 
     @property
     def error_type(self) -> str | None:
-        return self.failed_ev[3] if self.failed_ev else None
+        return self.failed_ev.error_type if self.failed_ev else None
 
     @property
     def error_message(self) -> str | None:
-        return self.failed_ev[4] if self.failed_ev else None
+        return self.failed_ev.error_message if self.failed_ev else None
 
     def merge(self, other: StageRow) -> StageRow:
         return StageRow(

@@ -148,7 +148,7 @@ class FramesProjectionStore:
     ) -> ApplyResult:
         """:meth:`apply` for ``n_events`` events already folded into ``batch``
         (the CPU part, which a caller may do while the previous batch is written)."""
-        await self.ensure_partitions(generation, [k[1] for k in batch.frames])
+        await self.ensure_partitions(generation, [r.frame_timestamp for r in batch.frames.values()])
         s = self._s(generation)
 
         async def run() -> ApplyResult:
@@ -164,16 +164,20 @@ class FramesProjectionStore:
                         (r["topic"], r["partition"]): r["next_offset"]
                         for r in await conn.fetch(SELECT_CHECKPOINTS_FOR_UPDATE, PROJECTION, generation)
                     }
-                    for tp, (expected, _) in positions.items():
-                        if stored.get(tp) != expected:
+                    for (topic, partition), (expected, _) in positions.items():
+                        at = stored.get((topic, partition))
+                        if at != expected:
                             raise CheckpointConflict(
-                                f"{tp[0]}[{tp[1]}]: stored checkpoint {stored.get(tp)}, expected {expected}"
+                                f"{topic}[{partition}]: stored checkpoint {at}, expected {expected}"
                             )
                 result = await self._write(conn, s, batch) if batch.frames else ApplyResult(0, 0, 0)
                 if positions:
                     await conn.executemany(
                         UPSERT_CHECKPOINT,
-                        [(PROJECTION, generation, tp[0], tp[1], new) for tp, (_, new) in positions.items()],
+                        [
+                            (PROJECTION, generation, topic, partition, new)
+                            for (topic, partition), (_, new) in positions.items()
+                        ],
                     )
                 return ApplyResult(result.frames, result.stages, n_events)
 
@@ -183,8 +187,8 @@ class FramesProjectionStore:
         self, conn: asyncpg.Connection, s: GenerationStatements, batch: BatchFold
     ) -> ApplyResult:
         frame_keys = sorted(batch.frames)
-        ids = [k[0] for k in frame_keys]
-        tss = [k[1] for k in frame_keys]
+        ids = [batch.frames[k].frame_id for k in frame_keys]
+        tss = [batch.frames[k].frame_timestamp for k in frame_keys]
         # Serialise writers of the same frame (two workers may own the camera and
         # processing partitions of one frame). Sorted keys: no lock-order deadlock.
         await conn.execute(LOCK_FRAMES, sorted({lock_key(i) for i in ids}))
