@@ -14,10 +14,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -40,16 +40,15 @@ from tracker.errors import (
     UnknownSchemaError,
     ValidationError,
 )
-from tracker.events import from_micros
+from tracker.event_store import store_batch
 from tracker.kafka import messaging_attributes
-from tracker.lifecycle import TERMINAL, flag_batch
+from tracker.ports import DeadLetterSink, EventStore
 from tracker.runtime import KafkaWorker
-from tracker.store import AppendResult, PostgresEventStore, message_to_row
+from tracker.store import PostgresEventStore, message_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
 log = logging.getLogger(__name__)
 MAX_LINKS = 128
-T = TypeVar("T")
 
 
 @dataclass
@@ -81,44 +80,6 @@ def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatc
             if len(tl) < MAX_LINKS:
                 tl.append(Link(remote_span_context(*tctx)))
     return out
-
-
-async def _direct(fn: Callable[[], Awaitable[T]]) -> T:
-    return await fn()
-
-
-async def store_batch(
-    store: PostgresEventStore,
-    batch: DecodedBatch,
-    *,
-    run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] = _direct,
-) -> tuple[AppendResult, list[dict[str, Any]]]:
-    """The event store's database steps for one decoded batch: partitions,
-    lifecycle flags against stored terminal events, idempotent append.
-
-    ``run`` wraps each step (the consumer pauses fetching and retries there).
-    Returns the append result and the records flagged as lifecycle violations.
-    """
-    good = batch.good
-    first_us = min(r["frame_timestamp"] for r in good)
-    last_us = max(r["frame_timestamp"] for r in good)
-    days = {from_micros(r["frame_timestamp"]).date() for r in good}
-    await run(lambda: store.ensure_partitions(days))
-    frames = sorted(
-        {r["frame_id"] for r in good if r["event_type"] in TERMINAL or r["event_type"] in STAGE_EVENT_TYPES}
-    )
-    stored_terminals: dict[str, list[tuple[str, str, int]]] = {}
-    if frames:
-        stored_terminals = await run(
-            lambda: store.stored_terminals(frames, from_micros(first_us), from_micros(last_us))
-        )
-    flag_batch(good, stored_terminals)
-    rows = list(batch.rows)
-    for i, rec in enumerate(good):
-        if rec.get("lifecycle_flag"):
-            rows[i] = (*rows[i][:-1], rec["lifecycle_flag"])
-    result = await run(lambda: store.append(rows))
-    return result, [r for r in good if r.get("lifecycle_flag")]
 
 
 @dataclass
@@ -165,8 +126,8 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         self.stats = ConsumerStats()
         self._on_batch = on_batch
         self._tracer = get_tracer("tracker.consumer")
-        self._store: PostgresEventStore | None = None
-        self._dlq: DeadLetterPublisher | None = None
+        self._store: EventStore | None = None
+        self._dlq: DeadLetterSink | None = None
 
     @property
     def topics_to_ensure(self) -> list[str]:

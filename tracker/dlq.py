@@ -21,28 +21,14 @@ from tracker.config import Settings
 from tracker.errors import BrokerError, DecodeError
 from tracker.kafka import make_consumer, make_producer, topic_partitions
 from tracker.metrics import dlq_records
+from tracker.ports import ERROR_PREFIX, DeadLetterSink, SourceRecord, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
-ERROR_PREFIX = "tracker.error."
-MAX_ERROR_MESSAGE = 1024
 
-
-def dead_letter_headers(msg: Any, error: DecodeError) -> list[tuple[str, bytes]]:
-    headers = [(k, v) for k, v in (msg.headers or ()) if not k.startswith(ERROR_PREFIX)]
-    headers += [
-        ("tracker.error.class", type(error).__name__.encode()),
-        ("tracker.error.message", str(error)[:MAX_ERROR_MESSAGE].encode("utf-8", "replace")),
-        ("tracker.error.topic", msg.topic.encode()),
-        ("tracker.error.partition", str(msg.partition).encode()),
-        ("tracker.error.offset", str(msg.offset).encode()),
-        ("tracker.error.stage", error.stage.encode()),
-    ]
-    return headers
-
-
-class DeadLetterPublisher:
-    """Sends dead letters and waits for their acknowledgement: the consumer
+class DeadLetterPublisher(DeadLetterSink):
+    """The dead-letter topic as a :class:`~tracker.ports.DeadLetterSink`: sends
+    dead letters and waits for their acknowledgement, because the consumer
     commits a poison record's offset only once its dead letter is durable."""
 
     def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
@@ -57,7 +43,7 @@ class DeadLetterPublisher:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def send_all(self, dead: Sequence[tuple[Any, DecodeError]]) -> None:
+    async def send_all(self, dead: Sequence[tuple[SourceRecord, DecodeError]]) -> None:
         if not dead:
             return
         futures = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -18,29 +17,8 @@ import asyncpg
 from tracker.db import call_db
 from tracker.events import from_micros
 from tracker.lifecycle import TERMINAL
+from tracker.ports import COLUMNS, INSERTED_FIELDS, AppendResult, EventRow, EventStore, StoredTerminals
 
-COLUMNS = (
-    "event_id",
-    "event_type",
-    "frame_id",
-    "camera_id",
-    "frame_timestamp",
-    "occurred_at",
-    "producer",
-    "stage",
-    "attempt",
-    "duration_ms",
-    "error_type",
-    "error_message",
-    "data",
-    "trace_id",
-    "span_id",
-    "topic",
-    "partition",
-    "offset",
-    "schema_fingerprint",
-    "lifecycle_flag",
-)
 _COLS = ", ".join(f'"{c}"' for c in COLUMNS)
 
 # Built once: statements are constants, not formatted per call.
@@ -51,7 +29,7 @@ _CREATE_STAGING = (
 _MOVE_STAGED = (
     f"INSERT INTO frame_events ({_COLS}) SELECT {_COLS} FROM frame_events_staging "
     "ON CONFLICT DO NOTHING "
-    "RETURNING event_type, camera_id, stage, duration_ms, error_type, trace_id, span_id"
+    f"RETURNING {', '.join(INSERTED_FIELDS)}"
 )
 # Bounded by the batch's capture times: partition (or chunk) pruning keeps this
 # to the days the batch touches instead of every partition's index.
@@ -60,12 +38,6 @@ _STORED_TERMINALS = (
     "WHERE frame_id = ANY($1::text[]) AND event_type = ANY($2::text[]) "
     "AND frame_timestamp BETWEEN $3 AND $4"
 )
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    inserted: list[asyncpg.Record]
-    duplicates: int
 
 
 def record_to_row(
@@ -77,7 +49,7 @@ def record_to_row(
     fingerprint: bytes,
     trace_id: str | None,
     span_id: str | None,
-) -> tuple[Any, ...]:
+) -> EventRow:
     """One ``frame_events`` row, in ``COLUMNS`` order, from a validated record."""
     attrs = rec.get("attributes")
     return (
@@ -106,7 +78,7 @@ def record_to_row(
 
 def message_to_row(
     msg: Any, record: dict[str, Any], fingerprint: bytes, trace: tuple[str, str, int] | None
-) -> tuple[Any, ...]:
+) -> EventRow:
     """:func:`record_to_row` for a decoded Kafka record: its coordinates, and
     the ids of its ``traceparent`` (as :func:`tracker.telemetry.parse_traceparent` gives them)."""
     return record_to_row(
@@ -120,7 +92,9 @@ def message_to_row(
     )
 
 
-class PostgresEventStore:
+class PostgresEventStore(EventStore):
+    """The event store on ``frame_events`` (daily partitions, or a TimescaleDB hypertable)."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._known_days: set[date] = set()
@@ -146,7 +120,7 @@ class PostgresEventStore:
 
     async def stored_terminals(
         self, frame_ids: Sequence[str], first: datetime, last: datetime
-    ) -> dict[str, list[tuple[str, str, int]]]:
+    ) -> StoredTerminals:
         """Terminal events already stored for these frames (captured in [first, last])."""
         from tracker.events import to_micros
 
@@ -154,14 +128,14 @@ class PostgresEventStore:
             async with self._pool.acquire() as conn:
                 return await conn.fetch(_STORED_TERMINALS, list(frame_ids), list(TERMINAL), first, last)
 
-        out: dict[str, list[tuple[str, str, int]]] = {}
+        out: StoredTerminals = {}
         for r in await call_db(run):
             out.setdefault(r["frame_id"], []).append(
                 (r["event_id"], r["event_type"], to_micros(r["occurred_at"]))
             )
         return out
 
-    async def append(self, rows: Sequence[tuple[Any, ...]]) -> AppendResult:
+    async def append(self, rows: Sequence[EventRow]) -> AppendResult:
         """Append rows in one transaction; already-stored event ids are skipped."""
         if not rows:
             return AppendResult([], 0)
