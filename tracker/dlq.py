@@ -49,13 +49,9 @@ class DeadLetterPublisher(DeadLetterSink):
         futures = []
         try:
             for msg, error in dead:
+                key, value, headers = dead_letter_record(msg, error)
                 futures.append(
-                    await self._producer.send(
-                        self.settings.dlq_topic,
-                        key=msg.key,
-                        value=msg.value,
-                        headers=dead_letter_headers(msg, error),
-                    )
+                    await self._producer.send(self.settings.dlq_topic, key=key, value=value, headers=headers)
                 )
             await asyncio.gather(*futures)
         except KafkaError as e:
@@ -70,6 +66,22 @@ class DeadLetterPublisher(DeadLetterSink):
                 type(error).__name__,
                 error,
             )
+
+
+def dead_letter_record(
+    msg: SourceRecord, error: DecodeError
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers of the dead letter of ``msg``: its own bytes.
+
+    A record with neither key nor value (a keyless tombstone) is legal in Kafka
+    but cannot be produced by aiokafka; its dead letter gets an empty value and
+    a ``tracker.error.null-value`` header, so it is kept rather than crashing
+    the worker.
+    """
+    headers = dead_letter_headers(msg, error)
+    if msg.key is None and msg.value is None:
+        return None, b"", [*headers, (ERROR_PREFIX + "null-value", b"1")]
+    return msg.key, msg.value, headers
 
 
 @dataclass(frozen=True)
