@@ -65,7 +65,6 @@ STAGE_COLS = (
 
 
 def frame_to_db(r: FrameRow) -> tuple[Any, ...]:
-    c, f, t = r.completed_ev, r.failed_ev, r.trace_ev
     return (
         r.frame_id,
         r.frame_timestamp,
@@ -84,13 +83,13 @@ def frame_to_db(r: FrameRow) -> tuple[Any, ...]:
         r.last_trace_id,
         r.events_applied,
         r.last_event_at,
-        c.event_id if c else None,
-        c.duration_ms if c else None,
-        f.event_id if f else None,
-        f.duration_ms if f else None,
+        r.completed_ev.event_id if r.completed_ev else None,
+        r.completed_ev.duration_ms if r.completed_ev else None,
+        r.failed_ev.event_id if r.failed_ev else None,
+        r.failed_ev.duration_ms if r.failed_ev else None,
         r.captured_ev.event_id if r.captured_ev else None,
-        t.occurred_at if t else None,
-        t.event_id if t else None,
+        r.trace_ev.occurred_at if r.trace_ev else None,
+        r.trace_ev.event_id if r.trace_ev else None,
         r.stage_seen_at,
         sorted(r.event_ids),
     )
