@@ -19,10 +19,10 @@ row it changed, which keeps them exact too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 # The row types, the rollups and the histogram buckets are re-exported: the
 # fold's users import them from here.
@@ -33,6 +33,7 @@ from projections.rollups import (
     frame_contribution,
     hour_of,
     rollup_deltas,
+    rollup_totals,
     stage_contribution,
 )
 from projections.rows import (
@@ -79,9 +80,12 @@ __all__ = [
     "Capture",
     "Completion",
     "Failure",
+    "FrameKey",
     "FrameRow",
+    "Merged",
     "ProjEvent",
     "Rollup",
+    "StageKey",
     "StageOutcome",
     "StageRow",
     "TraceMark",
@@ -90,8 +94,10 @@ __all__ = [
     "frame_contribution",
     "frame_row_of",
     "hour_of",
+    "merge_batch",
     "percentile_from_buckets",
     "rollup_deltas",
+    "rollup_totals",
     "stage_contribution",
     "stage_row_of",
 ]
@@ -155,12 +161,18 @@ def stage_row_of(e: ProjEvent) -> StageRow | None:
     )
 
 
+#: A frame row's key: ``(frame_id, frame_timestamp)``.
+FrameKey = tuple[str, datetime]
+#: A stage row's key: ``(frame_id, frame_timestamp, stage, attempt)``.
+StageKey = tuple[str, datetime, str, int]
+
+
 @dataclass
 class BatchFold:
     """A batch folded in memory per frame: one row per frame and per stage run."""
 
-    frames: dict[tuple[str, datetime], FrameRow] = field(default_factory=dict)
-    stages: dict[tuple[str, datetime, str, int], StageRow] = field(default_factory=dict)
+    frames: dict[FrameKey, FrameRow] = field(default_factory=dict)
+    stages: dict[StageKey, StageRow] = field(default_factory=dict)
 
     def add(self, e: ProjEvent) -> None:
         fk = (e.frame_id, e.frame_timestamp)
@@ -182,3 +194,49 @@ class BatchFold:
 def fold(events: Iterable[ProjEvent]) -> BatchFold:
     """Reference fold: apply events one at a time (callers pass occurrence order)."""
     return BatchFold().extend(events)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A batch merged into the stored rows it touches: the new versions of the
+    rows that changed (in key order) and what the rollups gain from them."""
+
+    frames: list[FrameRow]
+    stages: list[StageRow]
+    frame_deltas: dict[tuple[str, datetime], Rollup]
+    stage_deltas: dict[tuple[str, datetime], Rollup]
+
+
+class _Row(Protocol):
+    def merge(self, other: Self) -> Self: ...
+
+
+_K = TypeVar("_K", FrameKey, StageKey)
+_R = TypeVar("_R", bound=_Row)
+
+
+def _changed(batch: dict[_K, _R], stored: Mapping[_K, _R]) -> list[tuple[_R | None, _R]]:
+    """``(stored row or None, merged row)`` of each row the batch changes, in key order."""
+    pairs: list[tuple[_R | None, _R]] = []
+    for k in sorted(batch):
+        old = stored.get(k)
+        new = batch[k] if old is None else old.merge(batch[k])
+        if new != old:
+            pairs.append((old, new))
+    return pairs
+
+
+def merge_batch(
+    batch: BatchFold, stored_frames: Mapping[FrameKey, FrameRow], stored_stages: Mapping[StageKey, StageRow]
+) -> Merged:
+    """Merge ``batch`` into the stored rows of its frames (any the store has;
+    rows it lacks are new). A row the batch leaves as it was (a redelivery) is
+    not among the changes."""
+    fpairs = _changed(batch.frames, stored_frames)
+    spairs = _changed(batch.stages, stored_stages)
+    return Merged(
+        frames=[new for _, new in fpairs],
+        stages=[new for _, new in spairs],
+        frame_deltas=rollup_deltas(fpairs, frame_contribution),
+        stage_deltas=rollup_deltas(spairs, stage_contribution),
+    )

@@ -7,7 +7,7 @@ the rollups exact whatever the order of the events. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -79,6 +79,18 @@ def stage_contribution(row: StageRow) -> tuple[tuple[str, datetime], Rollup]:
         r.latency_sum_ms = float(ms)
         r.buckets[bucket_index(ms)] += 1
     return (row.stage, hour_of(row.frame_timestamp)), r
+
+
+def rollup_totals(
+    rows: Iterable[Any], contribution: Callable[[Any], tuple[tuple[str, datetime], Rollup]]
+) -> dict[tuple[str, datetime], Rollup]:
+    """Sum of ``contribution(row)`` over ``rows``: the rollups a store holds once
+    every batch of those rows is applied."""
+    out: dict[tuple[str, datetime], Rollup] = {}
+    for row in rows:
+        k, r = contribution(row)
+        out.setdefault(k, Rollup()).add(r)
+    return out
 
 
 def rollup_deltas(pairs: Iterable[tuple[Any, Any]], contribution: Any) -> dict[tuple[str, datetime], Rollup]:

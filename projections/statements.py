@@ -26,6 +26,7 @@ class GenerationStatements:
         fm, ps = f"frame_metadata_g{g}", f"processing_stages_g{g}"
         fsh, pst = f"frame_stats_hourly_g{g}", f"performance_stats_g{g}"
         self.frame_table, self.stage_table = fm, ps
+        self.frame_stats_table, self.stage_stats_table = fsh, pst
         # The generation's time-partitioned tables (``tracker_ensure_partitions``).
         self.tables = (fm, ps, fsh, pst)
         fcols = ", ".join(FRAME_COLS)

@@ -1,4 +1,5 @@
-"""PostgreSQL adapter of the ``frames`` projection: one generation's tables.
+"""PostgreSQL adapter of the ``frames`` projection's store (:class:`ProjectionStore`):
+each generation's tables.
 
 ``apply`` writes one batch in one transaction: the folded frame and stage rows,
 the rollup deltas and the checkpoints. Before writing it checks that the stored
@@ -9,8 +10,7 @@ in, finds them changed, writes nothing, and re-seeks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 import asyncpg
@@ -18,14 +18,14 @@ import asyncpg
 # The columns, row conversions and statements are re-exported: the store's
 # users (tests, bench) import them from here.
 from projections.columns import FRAME_COLS, STAGE_COLS, frame_from_db, frame_to_db, stage_from_db, stage_to_db
-from projections.fold import (
-    FRAME_COUNTERS,
-    STAGE_COUNTERS,
-    BatchFold,
-    ProjEvent,
-    frame_contribution,
-    rollup_deltas,
-    stage_contribution,
+from projections.fold import FRAME_COUNTERS, STAGE_COUNTERS, BatchFold, merge_batch
+from projections.ports import (
+    ApplyResult,
+    Positions,
+    ProjectionStore,
+    TopicPartitionKey,
+    check_expected_checkpoints,
+    check_live_generation,
 )
 from projections.statements import (
     ENSURE_PARTITIONS,
@@ -58,17 +58,8 @@ __all__ = [
     "stage_to_db",
 ]
 
-TopicPartitionKey = tuple[str, int]
 
-
-@dataclass(frozen=True)
-class ApplyResult:
-    frames: int
-    stages: int
-    events: int
-
-
-class FramesProjectionStore:
+class FramesProjectionStore(ProjectionStore):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._stmts: dict[int, GenerationStatements] = {}
@@ -115,39 +106,9 @@ class FramesProjectionStore:
         await call_db(run)
         known |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
 
-    async def apply(
-        self,
-        events: Sequence[ProjEvent],
-        *,
-        generation: int,
-        positions: Mapping[TopicPartitionKey, tuple[int | None, int]] | None = None,
-        check_live: bool = False,
+    async def _apply_folded(
+        self, batch: BatchFold, n_events: int, generation: int, positions: Positions, check_live: bool
     ) -> ApplyResult:
-        """Fold ``events`` into ``generation`` in one transaction.
-
-        ``positions`` maps each (topic, partition) of the batch to
-        ``(expected stored checkpoint, new checkpoint)``; a mismatch raises
-        :class:`CheckpointConflict` and nothing is written.
-        """
-        return await self.apply_folded(
-            BatchFold().extend(events),
-            len(events),
-            generation=generation,
-            positions=positions,
-            check_live=check_live,
-        )
-
-    async def apply_folded(
-        self,
-        batch: BatchFold,
-        n_events: int,
-        *,
-        generation: int,
-        positions: Mapping[TopicPartitionKey, tuple[int | None, int]] | None = None,
-        check_live: bool = False,
-    ) -> ApplyResult:
-        """:meth:`apply` for ``n_events`` events already folded into ``batch``
-        (the CPU part, which a caller may do while the previous batch is written)."""
         await self.ensure_partitions(generation, [r.frame_timestamp for r in batch.frames.values()])
         s = self._s(generation)
 
@@ -157,19 +118,13 @@ class FramesProjectionStore:
                     # FOR SHARE: a rebuild's swap (FOR UPDATE) waits for this batch,
                     # and this batch sees the swap once it is committed.
                     live = await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION)
-                    if live != generation:
-                        raise GenerationChanged(f"live generation is now {live}")
+                    check_live_generation(live, generation)
                 if positions:
                     stored = {
                         (r["topic"], r["partition"]): r["next_offset"]
                         for r in await conn.fetch(SELECT_CHECKPOINTS_FOR_UPDATE, PROJECTION, generation)
                     }
-                    for (topic, partition), (expected, _) in positions.items():
-                        at = stored.get((topic, partition))
-                        if at != expected:
-                            raise CheckpointConflict(
-                                f"{topic}[{partition}]: stored checkpoint {at}, expected {expected}"
-                            )
+                    check_expected_checkpoints(stored, positions)
                 result = await self._write(conn, s, batch) if batch.frames else ApplyResult(0, 0, 0)
                 if positions:
                     await conn.executemany(
@@ -202,42 +157,32 @@ class FramesProjectionStore:
                 (r["frame_id"], r["frame_timestamp"], r["stage"], r["attempt"]): stage_from_db(r)
                 for r in await conn.fetch(s.select_stages, ids, tss)
             }
-        fpairs, spairs = [], []
-        new_frames = []
-        for k in frame_keys:
-            old = old_frames.get(k)
-            new = batch.frames[k] if old is None else old.merge(batch.frames[k])
-            if new != old:
-                fpairs.append((old, new))
-                new_frames.append(new)
-        new_stages = []
-        for sk in sorted(batch.stages):
-            old_s = old_stages.get(sk)
-            new_s = batch.stages[sk] if old_s is None else old_s.merge(batch.stages[sk])
-            if new_s != old_s:
-                spairs.append((old_s, new_s))
-                new_stages.append(new_s)
+        merged = merge_batch(batch, old_frames, old_stages)
         await conn.execute(s.create_staging)
-        if new_frames:
+        if merged.frames:
             await conn.copy_records_to_table(
-                "proj_frame_staging", records=[frame_to_db(r) for r in new_frames], columns=FRAME_COLS
+                "proj_frame_staging", records=[frame_to_db(r) for r in merged.frames], columns=FRAME_COLS
             )
             await conn.execute(s.upsert_frames)
-        if new_stages:
+        if merged.stages:
             await conn.copy_records_to_table(
-                "proj_stage_staging", records=[stage_to_db(r) for r in new_stages], columns=STAGE_COLS
+                "proj_stage_staging", records=[stage_to_db(r) for r in merged.stages], columns=STAGE_COLS
             )
             await conn.execute(s.upsert_stages)
-        fdeltas = rollup_deltas(fpairs, frame_contribution)
-        if fdeltas:
+        if merged.frame_deltas:
             await conn.executemany(
                 s.upsert_frame_stats,
-                [(cam, hour, *d.as_row(FRAME_COUNTERS)) for (cam, hour), d in sorted(fdeltas.items())],
+                [
+                    (cam, hour, *d.as_row(FRAME_COUNTERS))
+                    for (cam, hour), d in sorted(merged.frame_deltas.items())
+                ],
             )
-        sdeltas = rollup_deltas(spairs, stage_contribution)
-        if sdeltas:
+        if merged.stage_deltas:
             await conn.executemany(
                 s.upsert_stage_stats,
-                [(stage, hour, *d.as_row(STAGE_COUNTERS)) for (stage, hour), d in sorted(sdeltas.items())],
+                [
+                    (stage, hour, *d.as_row(STAGE_COUNTERS))
+                    for (stage, hour), d in sorted(merged.stage_deltas.items())
+                ],
             )
-        return ApplyResult(len(new_frames), len(new_stages), 0)
+        return ApplyResult(len(merged.frames), len(merged.stages), 0)

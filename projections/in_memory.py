@@ -1,0 +1,76 @@
+"""The ``frames`` projection's store in memory: the same fold and the same checks
+as the PostgreSQL store (:mod:`projections.store`), with dicts for tables.
+
+For tests of what drives a store (the worker's handling of conflicts and
+swapped-in generations) without a database; it passes the same contract
+(``tests/contract/projection_store.py``). An apply runs without awaiting, so,
+on one event loop, it is all or nothing as a transaction is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from projections.fold import BatchFold, FrameKey, FrameRow, Rollup, StageKey, StageRow, merge_batch
+from projections.ports import (
+    ApplyResult,
+    Positions,
+    ProjectionStore,
+    TopicPartitionKey,
+    check_expected_checkpoints,
+    check_live_generation,
+)
+
+
+@dataclass
+class Generation:
+    """One generation's tables: rows, rollups (by (camera, hour) and (stage,
+    hour), rows kept when they sum to zero, as in the database) and checkpoints."""
+
+    frames: dict[FrameKey, FrameRow] = field(default_factory=dict)
+    stages: dict[StageKey, StageRow] = field(default_factory=dict)
+    frame_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
+    stage_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
+    checkpoints: dict[TopicPartitionKey, int] = field(default_factory=dict)
+
+
+class InMemoryProjectionStore(ProjectionStore):
+    def __init__(self, *, live_generation: int = 1) -> None:
+        self.live = live_generation
+        self.generations: dict[int, Generation] = {live_generation: Generation()}
+
+    def generation(self, generation: int) -> Generation:
+        """A generation's tables (created empty on first use, as a rebuild creates them)."""
+        return self.generations.setdefault(generation, Generation())
+
+    def swap(self, generation: int) -> None:
+        """What a rebuild's swap does: ``generation`` becomes the live one."""
+        self.generation(generation)
+        self.live = generation
+
+    async def live_generation(self) -> int:
+        return self.live
+
+    async def checkpoints(self, generation: int) -> dict[TopicPartitionKey, int]:
+        g = self.generations.get(generation)
+        return dict(g.checkpoints) if g is not None else {}
+
+    async def _apply_folded(
+        self, batch: BatchFold, n_events: int, generation: int, positions: Positions, check_live: bool
+    ) -> ApplyResult:
+        if check_live:
+            check_live_generation(self.live, generation)
+        g = self.generation(generation)
+        check_expected_checkpoints(g.checkpoints, positions)
+        merged = merge_batch(batch, g.frames, g.stages)
+        for f in merged.frames:
+            g.frames[(f.frame_id, f.frame_timestamp)] = f
+        for s in merged.stages:
+            g.stages[(s.frame_id, s.frame_timestamp, s.stage, s.attempt)] = s
+        for stats, deltas in ((g.frame_stats, merged.frame_deltas), (g.stage_stats, merged.stage_deltas)):
+            for k, d in deltas.items():
+                stats.setdefault(k, Rollup()).add(d)
+        for tp, (_, new) in positions.items():
+            g.checkpoints[tp] = new
+        return ApplyResult(len(merged.frames), len(merged.stages), n_events)
