@@ -1,0 +1,23 @@
+"""The PostgreSQL projection store passes the contract
+(tests/support/projection_store_contract.py), against the local stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.support.projection_store_contract import PostgresProjectionStoreContract
+from tracker.config import Settings
+from tracker.db import connect_pool
+
+
+class TestPostgresProjectionStore(PostgresProjectionStoreContract):
+    @pytest.fixture
+    async def pool(self, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+        pool = await connect_pool(settings, max_size=2)
+        try:
+            yield pool
+        finally:
+            await pool.close()
