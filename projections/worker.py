@@ -11,8 +11,7 @@ standard lag tooling sees the group; they are never read back.)
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -27,21 +26,16 @@ from tracker import metrics
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.errors import TrackerError
-from tracker.runtime import Batch, KafkaWorker
+from tracker.runtime import Batch, KafkaWorker, WorkerStats
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ProjectionStats:
-    batches: int = 0
-    records: int = 0
+class ProjectionStats(WorkerStats):
     skipped: int = 0
-    frames_written: int = 0
     conflicts: int = 0
     generation_switches: int = 0
-    db_retries: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from tracker.errors import (
 from tracker.event_store import store_batch
 from tracker.kafka import messaging_attributes
 from tracker.ports import DeadLetterSink, EventStore
-from tracker.runtime import KafkaWorker
+from tracker.runtime import KafkaWorker, WorkerStats
 from tracker.store import PostgresEventStore, message_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
@@ -83,15 +82,11 @@ def decode_batch(codec: FrameEventCodec, messages: Iterable[Any]) -> DecodedBatc
 
 
 @dataclass
-class ConsumerStats:
-    batches: int = 0
-    records: int = 0
+class ConsumerStats(WorkerStats):
     stored: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     flagged: int = 0
-    db_retries: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -32,7 +32,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -59,8 +60,14 @@ def on_stop_signals(callback: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, callback)
 
 
-class WorkerStats(Protocol):
-    db_retries: int
+@dataclass
+class WorkerStats:
+    """What every worker counts; each worker's stats add their own fields."""
+
+    batches: int = 0
+    records: int = 0
+    db_retries: int = 0
+    started: float = field(default_factory=time.monotonic)
 
 
 class _Rebalance(ConsumerRebalanceListener):
