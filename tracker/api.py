@@ -178,7 +178,7 @@ class Readiness:
 
     async def _pg(self) -> dict[str, Any]:
         try:
-            await asyncio.wait_for(self.queries._fetch("SELECT 1"), 2.0)
+            await asyncio.wait_for(self.queries.ping(), 2.0)
             return {"ok": True}
         except (TimeoutError, TrackerError) as e:
             return {"ok": False, "error": type(e).__name__}

@@ -83,6 +83,10 @@ class FrameTrackingQueries:
 
         return await call_db(run)
 
+    async def ping(self) -> None:
+        """One round trip to the database (readiness checks); raises if it cannot be reached."""
+        await self._fetch("SELECT 1")
+
     async def camera_exists(self, camera_id: str) -> bool:
         check_camera_id(camera_id)
         rows = await self._fetch(statements.CAMERA_EXISTS, camera_id)
