@@ -39,7 +39,13 @@ class FrameEvent:
     which partitions every table whatever order events arrive in."""
 
     event_type: ClassVar[str] = ""
+    #: Which topic family carries it: derived from the event type, never written twice.
     source: ClassVar[str] = PROCESSING
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.event_type:
+            cls.source = CAMERA if EventType(cls.event_type).from_camera else PROCESSING
 
     frame_id: str
     camera_id: str
@@ -91,13 +97,11 @@ class FrameEvent:
 @dataclass(frozen=True, kw_only=True)
 class FrameCaptured(FrameEvent):
     event_type: ClassVar[str] = EventType.CAPTURED
-    source: ClassVar[str] = CAMERA
 
 
 @dataclass(frozen=True, kw_only=True)
 class FrameQueued(FrameEvent):
     event_type: ClassVar[str] = EventType.QUEUED
-    source: ClassVar[str] = CAMERA
 
 
 @dataclass(frozen=True, kw_only=True)
