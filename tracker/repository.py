@@ -93,11 +93,13 @@ class FrameRepository:
         await self.publisher.start()
         todo: list[tuple[FrameChange, ev.FrameEvent]] = []
         under_way: list[asyncio.Future[bool]] = []
-        for change, event in ev.pending_events(frame, self.producer):
+        for change in frame.pending_changes:
             running = self._in_flight.get(change.change_id)
             if running is not None:
                 under_way.append(running)  # another save of this frame is sending it
-            elif self._published(event.fact_key):
+                continue
+            event = ev.event_for_change(frame, change, self.producer)
+            if self._published(event.fact_key):
                 frame.mark_published(change)  # the service published this fact itself
             else:
                 todo.append((change, event))
