@@ -110,7 +110,10 @@ class FrameError:
 
 class EventType(StrEnum):
     """Every kind of frame event: the project's one list of them. A transition
-    of the aggregate records one of these; on the wire it is ``event_type``."""
+    of the aggregate records one of these; on the wire it is ``event_type``.
+    The sets below (stage, terminal, failure, finishing) are the predicates the
+    hot paths use: a decoded record's plain ``event_type`` string is looked up
+    in them directly."""
 
     CAPTURED = "FrameCaptured"
     QUEUED = "FrameQueued"
@@ -122,30 +125,12 @@ class EventType(StrEnum):
     FAILED = "ProcessingFailed"
 
     @property
-    def is_stage(self) -> bool:
-        """About one run of one stage (carries ``stage`` and ``attempt``)."""
-        return self in STAGE_EVENT_TYPES
-
-    @property
-    def is_terminal(self) -> bool:
-        """Ends the frame's processing (completed or failed)."""
-        return self in TERMINAL_EVENT_TYPES
-
-    @property
-    def finishes_run(self) -> bool:
-        """Ends a stage run or the whole frame: what is counted and timed."""
-        return self in FINISHING_EVENT_TYPES
-
-    @property
-    def is_failure(self) -> bool:
-        return self in FAILURE_EVENT_TYPES
-
-    @property
     def from_camera(self) -> bool:
         """Published by camera services (to the camera topic), not by processors."""
-        return self in (EventType.CAPTURED, EventType.QUEUED)
+        return self in CAMERA_EVENT_TYPES
 
 
+CAMERA_EVENT_TYPES = frozenset({EventType.CAPTURED, EventType.QUEUED})
 STAGE_EVENT_TYPES = frozenset({EventType.STAGE_STARTED, EventType.STAGE_COMPLETED, EventType.STAGE_FAILED})
 TERMINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED})
 FAILURE_EVENT_TYPES = frozenset({EventType.STAGE_FAILED, EventType.FAILED})

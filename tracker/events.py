@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from tracker.domain import CAMERA_EVENT_TYPES as CAMERA_EVENT_TYPES  # re-exported: its old home
 from tracker.domain import EventType, Frame, FrameChange, FrameError, ProcessingStage
 
 CAMERA = "camera"
@@ -163,7 +164,6 @@ EVENT_CLASSES: Mapping[str, type[FrameEvent]] = {
     )
 }
 EVENT_TYPES = frozenset(EVENT_CLASSES)
-CAMERA_EVENT_TYPES = frozenset(t for t in EventType if t.from_camera)
 
 _COMMON = frozenset(
     {"event_id", "frame_id", "camera_id", "frame_timestamp", "occurred_at", "producer", "attributes"}
