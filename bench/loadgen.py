@@ -22,9 +22,9 @@ from typing import Any
 
 from bench.mix import TraceIds, plan_events
 from tracker import events as ev
+from tracker.adapters.kafka import make_producer
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import make_producer
 from tracker.simulator import SimulationConfig
 
 

@@ -17,10 +17,10 @@ import time
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from tracker.adapters.kafka import client_kwargs
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import client_kwargs
-from tracker.store import COLUMNS, message_to_row
+from tracker.store.postgres import COLUMNS, message_to_row
 from tracker.telemetry import header, parse_traceparent
 
 _COLS = ", ".join(f'"{c}"' for c in COLUMNS)

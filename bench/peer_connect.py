@@ -47,10 +47,10 @@ from urllib.parse import urlsplit
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
+from tracker.adapters.kafka import client_kwargs, ensure_topics, make_admin, make_consumer, topic_partitions
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import client_kwargs, ensure_topics, make_admin, make_consumer, topic_partitions
-from tracker.store import COLUMNS, message_to_row
+from tracker.store.postgres import COLUMNS, message_to_row
 from tracker.telemetry import header, parse_traceparent
 
 ROOT = Path(__file__).resolve().parent.parent

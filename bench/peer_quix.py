@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.store import COLUMNS, record_to_row
+from tracker.store.postgres import COLUMNS, record_to_row
 from tracker.telemetry import parse_traceparent
 
 

@@ -28,9 +28,9 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench.mix import TraceIds, plan_events
 from tracker import events as ev
+from tracker.adapters.kafka import client_kwargs
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import client_kwargs
 from tracker.simulator import SimulationConfig
 
 

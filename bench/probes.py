@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 
+from tracker.adapters.kafka import make_consumer, topic_partitions
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import make_consumer, topic_partitions
-from tracker.store import COLUMNS, PostgresEventStore, record_to_row
+from tracker.store.postgres import COLUMNS, PostgresEventStore, record_to_row
 from tracker.telemetry import header, parse_traceparent
 
 

@@ -42,7 +42,7 @@ from tracker import events as ev
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.simulator import SimulationConfig
-from tracker.store import COLUMNS, record_to_row
+from tracker.store.postgres import COLUMNS, record_to_row
 
 HOURS = 24
 LANES = 2  # concurrent insert connections

@@ -8,7 +8,7 @@ pair of its own); prints one JSON line with its results.
 
 ``throughput``: frames through ``FrameRepository.save`` against the real broker,
 through the real :class:`~tracker.publisher.FramePublisher` (its producer is
-``tracker.kafka.make_producer``'s: ``acks=all``, idempotent). Each frame is
+``tracker.adapters.kafka.make_producer``'s: ``acks=all``, idempotent). Each frame is
 captured, queued, processing, runs three empty stages (each started and
 completed) and completes: ten events. ``save`` is called where a service calls
 it: after the frame is queued (``FrameCaptured`` + ``FrameQueued``, what a

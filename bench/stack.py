@@ -27,9 +27,9 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from bench.infra import cpu_meter, log, pid_alive, read_pid
 from bench.workers import ROOT, Worker
+from tracker.adapters.kafka import client_kwargs
+from tracker.adapters.postgres import connect, migrate
 from tracker.config import Secret, Settings
-from tracker.db import connect, migrate
-from tracker.kafka import client_kwargs
 
 _DB_RE = re.compile(r"^bench_(\d+)_[0-9a-f]+_")
 _TOPIC_RE = re.compile(r"^bench-(\d+)-[0-9a-f]+\.")
@@ -243,7 +243,7 @@ class Stack:
         await self.delete_topics([t for t in await self.admin.list_topics() if t.startswith(prefix + ".")])
 
     async def end_offsets_total(self, topics: Sequence[str]) -> int:
-        from tracker.kafka import topic_partitions
+        from tracker.adapters.kafka import topic_partitions
 
         tps = await topic_partitions(self.base, topics)
         from aiokafka import AIOKafkaConsumer

@@ -34,11 +34,11 @@ import asyncpg
 from projections.events import STORE_COLUMNS, from_kafka, from_store
 from projections.fold import BatchFold
 from projections.store import PROJECTION, FramesProjectionStore
+from tracker.adapters.kafka import ensure_topics, make_consumer, topic_partitions
+from tracker.adapters.postgres import call_db, connect_pool, retry_while_unavailable
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.db import call_db, connect_pool, retry_while_unavailable
 from tracker.errors import Interrupted, ReplayError
-from tracker.kafka import ensure_topics, make_consumer, topic_partitions
 
 log = logging.getLogger(__name__)
 

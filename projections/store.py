@@ -39,7 +39,7 @@ from projections.statements import (
     GenerationStatements,
     lock_key,
 )
-from tracker.db import call_db
+from tracker.adapters.postgres import call_db
 from tracker.errors import CheckpointConflict, GenerationChanged
 
 __all__ = [

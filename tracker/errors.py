@@ -7,7 +7,7 @@ help (``retriable``).
 Every error class is defined here, and :data:`OUTCOMES` is the one table from
 an error to the exit code of the ``tracker`` command (:func:`exit_code`) and
 the status of the HTTP API (:func:`http_status`); ``tracker/cli`` and
-``tracker/api.py`` both read it.
+``tracker/api/app.py`` both read it.
 """
 
 from __future__ import annotations

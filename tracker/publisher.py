@@ -23,11 +23,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tracker import events as ev
+from tracker.adapters.kafka import ensure_topics, make_producer, messaging_attributes
 from tracker.codec import CONTENT_TYPE, FrameEventCodec
 from tracker.config import Settings
 from tracker.domain import Frame, FrameError, ProcessingStage, ProcessingState
 from tracker.errors import BrokerError
-from tracker.kafka import ensure_topics, make_producer, messaging_attributes
 from tracker.metrics import events_published
 from tracker.telemetry import frame_context, get_tracer, inject_headers
 

@@ -40,11 +40,11 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
 from tracker import metrics
+from tracker.adapters.kafka import ensure_topics, make_consumer, next_batch
+from tracker.adapters.postgres import connect_pool, retry_while_unavailable
+from tracker.adapters.progress import ProgressSampler, periodically
 from tracker.config import Settings
-from tracker.db import connect_pool, retry_while_unavailable
 from tracker.errors import BrokerError, DatabaseUnavailable, Interrupted, TrackerError
-from tracker.kafka import ensure_topics, make_consumer, next_batch
-from tracker.progress import ProgressSampler, periodically
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from tracker.adapters.postgres import connect, migrate
 from tracker.config import Settings
-from tracker.db import connect, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = Settings.from_env()

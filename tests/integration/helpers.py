@@ -11,11 +11,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bench.workers import tracker_argv
 from bench.workers import tracker_env as env_for
+from tracker.adapters.kafka import topic_partitions
 from tracker.config import Settings
-from tracker.consumer import ConsumerStats, EventStoreConsumer
-from tracker.kafka import topic_partitions
 from tracker.publisher import FramePublisher
 from tracker.simulator import SimulationConfig, SimulationResult, simulate
+from tracker.store.consumer import ConsumerStats, EventStoreConsumer
 from tracker.telemetry import setup_tracing
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,10 +17,10 @@ import jsonschema
 import pytest_asyncio
 
 from tests.integration.helpers import consume_until_idle, project_until_idle, publish_simulation
-from tracker.api import build_app, serve
+from tracker.api.app import build_app, serve
 from tracker.config import Secret, Settings
 
-SPEC = json.loads((Path(__file__).resolve().parents[2] / "tracker/openapi.json").read_text())
+SPEC = json.loads((Path(__file__).resolve().parents[2] / "tracker/api/openapi.json").read_text())
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""Worker batching against the real broker: ``tracker.kafka.next_batch``."""
+"""Worker batching against the real broker: ``tracker.adapters.kafka.next_batch``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 
 from aiokafka import TopicPartition
 
+from tracker.adapters.kafka import ensure_topics, make_consumer, make_producer, next_batch
 from tracker.config import Settings
-from tracker.kafka import ensure_topics, make_consumer, make_producer, next_batch
 
 
 async def _trickle(settings: Settings, topic: str, n: int, gap_s: float) -> None:

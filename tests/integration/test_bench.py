@@ -17,8 +17,8 @@ import pytest
 
 from bench.report import missing_keys
 from bench.scenarios import KEYS, NULLABLE
+from tracker.adapters.kafka import make_admin
 from tracker.config import Settings
-from tracker.kafka import make_admin
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,10 +23,10 @@ from tests.integration.helpers import (
     span_exporter,
 )
 from tracker import events as ev
+from tracker.adapters.kafka import ensure_topics, topic_partitions
 from tracker.codec import MAGIC, SCHEMA_DIR, FrameEventCodec
 from tracker.config import Settings
-from tracker.consumer import EventStoreConsumer
-from tracker.kafka import ensure_topics, topic_partitions
+from tracker.store.consumer import EventStoreConsumer
 from tracker.telemetry import parse_traceparent
 
 
@@ -344,7 +344,7 @@ async def test_a_batch_held_across_a_rebalance_commits_only_partitions_still_own
     from aiokafka import TopicPartition
     from aiokafka.structs import OffsetAndMetadata
 
-    from tracker.consumer import DecodedBatch, _Prepared
+    from tracker.store.consumer import DecodedBatch, _Prepared
 
     await ensure_topics(settings, list(settings.event_topics))
     async with EventStoreConsumer(settings) as consumer:

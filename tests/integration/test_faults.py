@@ -26,9 +26,9 @@ from tests.integration.helpers import (
     run_cli,
 )
 from tests.integration.procs import Proc
+from tracker.adapters.kafka import topic_partitions
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.kafka import topic_partitions
 
 pytestmark = pytest.mark.faults
 

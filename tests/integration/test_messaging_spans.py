@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-import tracker.consumer
+import tracker.store.consumer
 from tests.integration.helpers import span_exporter
+from tracker.adapters.kafka import server_address
 from tracker.config import Settings
-from tracker.consumer import EventStoreConsumer
 from tracker.errors import BrokerError
-from tracker.kafka import server_address
 from tracker.publisher import FramePublisher
 from tracker.simulator import SimulationConfig, simulate
+from tracker.store.consumer import EventStoreConsumer
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ async def test_failed_send_and_process_spans_carry_error_type(
     async def store_fails(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("database said no (test)")
 
-    monkeypatch.setattr(tracker.consumer, "store_batch", store_fails)
+    monkeypatch.setattr(tracker.store.consumer, "store_batch", store_fails)
     async with EventStoreConsumer(settings) as worker:
         with pytest.raises(RuntimeError, match="database said no"):
             await worker.run(until_idle=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tracker.db import load_migrations, migrate
+from tracker.adapters.postgres import load_migrations, migrate
 from tracker.errors import MigrationError
 
 
@@ -39,7 +39,7 @@ async def test_migrate_twice_is_a_no_op(db: asyncpg.Connection) -> None:
 async def test_changed_migration_is_refused(db: asyncpg.Connection, tmp_path) -> None:
     import shutil
 
-    from tracker.db import SQL_DIR
+    from tracker.adapters.postgres import SQL_DIR
 
     for f in SQL_DIR.glob("*.sql"):
         shutil.copy(f, tmp_path)

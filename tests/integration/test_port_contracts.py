@@ -10,11 +10,11 @@ import pytest
 
 from tests.integration.helpers import read_topic
 from tests.support.contracts import DeadLetterSinkContract, Delivered, EventStoreContract, ReadBack
+from tracker.adapters.dead_letters import DeadLetterPublisher
+from tracker.adapters.kafka import ensure_topics
+from tracker.adapters.postgres import connect_pool
 from tracker.config import Settings
-from tracker.db import connect_pool
-from tracker.dlq import DeadLetterPublisher
-from tracker.kafka import ensure_topics
-from tracker.store import COLUMNS, PostgresEventStore
+from tracker.store.postgres import COLUMNS, PostgresEventStore
 
 # Each column as the row holds it: the uuid and the jsonb as text.
 _CASTS = {"event_id": "event_id::text", "data": "data::text"}

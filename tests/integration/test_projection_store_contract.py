@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from tests.support.projection_store_contract import PostgresProjectionStoreContract
+from tracker.adapters.postgres import connect_pool
 from tracker.config import Settings
-from tracker.db import connect_pool
 
 
 class TestPostgresProjectionStore(PostgresProjectionStoreContract):

@@ -8,12 +8,12 @@ import asyncpg
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-import tracker.dlq
+import tracker.adapters.dead_letters
 import tracker.runtime
 from projections.worker import ProjectionWorker
 from tracker.config import Settings
-from tracker.consumer import EventStoreConsumer
 from tracker.errors import TrackerError
+from tracker.store.consumer import EventStoreConsumer
 
 
 async def _connections(settings: Settings) -> int:
@@ -38,7 +38,7 @@ async def test_a_failing_start_leaves_nothing_open(
     """Everything opened before the failing step (the pool, the dead-letter
     producer) is closed before the error propagates."""
     producers: list[Any] = []
-    real_producer = tracker.dlq.make_producer
+    real_producer = tracker.adapters.dead_letters.make_producer
 
     def recording_producer(*a: Any, **kw: Any) -> Any:
         producers.append(real_producer(*a, **kw))
@@ -55,7 +55,7 @@ async def test_a_failing_start_leaves_nothing_open(
         consumer.start = start
         return consumer
 
-    monkeypatch.setattr(tracker.dlq, "make_producer", recording_producer)
+    monkeypatch.setattr(tracker.adapters.dead_letters, "make_producer", recording_producer)
     monkeypatch.setattr(tracker.runtime, "make_consumer", failing_consumer)
     before = await _connections(settings)
     worker = worker_cls(settings)
@@ -85,8 +85,10 @@ async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Setting
             gauge.labels(*labels).set(42)
         await _Rebalance(worker).on_partitions_revoked([moved])
         text = metrics.exposition()[0].decode()
-        name = "tracker_consumer_lag_records" if isinstance(worker, EventStoreConsumer) else (
-            "tracker_projection_lag_records"
+        name = (
+            "tracker_consumer_lag_records"
+            if isinstance(worker, EventStoreConsumer)
+            else ("tracker_projection_lag_records")
         )
         topic = settings.camera_topic
         series = [line for line in text.splitlines() if line.startswith(name + "{") and topic in line]

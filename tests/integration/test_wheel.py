@@ -48,7 +48,7 @@ from importlib import metadata, resources
 import tracker
 from tracker import events as ev
 from tracker.codec import FrameEventCodec
-from tracker.db import load_migrations
+from tracker.adapters.postgres import load_migrations
 
 ts = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 common = dict(frame_id="cam-1-f1", camera_id="cam-1", frame_timestamp=ts, occurred_at=ts, producer="wheel")
@@ -159,7 +159,7 @@ def test_wheel_carries_package_data_license_and_metadata(installed: Installed) -
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         meta = whl.read(f"{dist_info}/METADATA").decode()
         license_text = whl.read(f"{dist_info}/licenses/LICENSE").decode()
-    assert {"tracker/py.typed", "tracker/openapi.json"} <= names
+    assert {"tracker/py.typed", "tracker/api/openapi.json"} <= names
     assert {f"tracker/schemas/{n}" for n in SCHEMA_FILES} <= names
     assert {f"tracker/sql/{n}" for n in SQL_FILES} <= names
     headers = meta.split("\n\n", 1)[0].splitlines()

@@ -1,4 +1,4 @@
-"""Contract tests: one abstract suite per port of :mod:`tracker.ports`, subclassed
+"""Contract tests: one abstract suite per port of :mod:`tracker.store.ports`, subclassed
 once per implementation.
 
 A subclass provides the fixtures its suite takes (pytest names any it lacks):
@@ -32,10 +32,10 @@ from tracker.errors import (
     UnknownSchemaError,
     ValidationError,
 )
-from tracker.event_store import store_batch
-from tracker.lifecycle import AFTER_TERMINAL
-from tracker.ports import COLUMNS, INSERTED_FIELDS, AppendResult, DeadLetterSink, EventRow, EventStore
-from tracker.store import record_to_row
+from tracker.store.batch import store_batch
+from tracker.store.lifecycle import AFTER_TERMINAL
+from tracker.store.ports import COLUMNS, INSERTED_FIELDS, AppendResult, DeadLetterSink, EventRow, EventStore
+from tracker.store.postgres import record_to_row
 
 ReadBack = Callable[[], Awaitable[list[EventRow]]]
 Delivered = Callable[[], Awaitable[list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]]]
@@ -98,7 +98,7 @@ class Decoded:
 
 
 class EventStoreContract:
-    """What every :class:`~tracker.ports.EventStore` does (fixtures: ``store``, ``read_back``)."""
+    """What every :class:`~tracker.store.ports.EventStore` does (fixtures: ``store``, ``read_back``)."""
 
     async def test_append_stores_every_row_and_gives_back_what_it_inserted(
         self, store: EventStore, read_back: ReadBack
@@ -204,7 +204,7 @@ class EventStoreContract:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A record as fetched from an event topic (a :class:`~tracker.ports.SourceRecord`)."""
+    """A record as fetched from an event topic (a :class:`~tracker.store.ports.SourceRecord`)."""
 
     topic: str
     partition: int
@@ -227,7 +227,7 @@ def error_headers(error: DecodeError, message: bytes, msg: Fetched) -> list[tupl
 
 
 class DeadLetterSinkContract:
-    """What every :class:`~tracker.ports.DeadLetterSink` does (fixtures: ``sink``, ``delivered``)."""
+    """What every :class:`~tracker.store.ports.DeadLetterSink` does (fixtures: ``sink``, ``delivered``)."""
 
     async def test_every_dead_letter_keeps_its_record_and_says_what_was_wrong_in_order(
         self, sink: DeadLetterSink, delivered: Delivered

@@ -29,8 +29,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from tracker.adapters.postgres import MigrationReport, connect, migrate
 from tracker.config import Secret, Settings
-from tracker.db import MigrationReport, connect, migrate
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"

@@ -36,10 +36,10 @@ from projections.events import from_kafka
 from projections.store import FramesProjectionStore
 from tracker import events as ev
 from tracker.codec import FrameEventCodec
-from tracker.consumer import decode_batch, store_batch
 from tracker.events import from_micros
 from tracker.simulator import SimulationConfig, plan_frame
-from tracker.store import PostgresEventStore
+from tracker.store.consumer import decode_batch, store_batch
+from tracker.store.postgres import PostgresEventStore
 
 TOPIC_PREFIX = "ts.frames"
 CAMERA_TOPIC, PROCESSING_TOPIC = f"{TOPIC_PREFIX}.camera", f"{TOPIC_PREFIX}.processing"

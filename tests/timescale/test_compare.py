@@ -32,8 +32,8 @@ from tests.timescale.history import (
     write_history,
     write_projections,
 )
+from tracker.adapters.postgres import connect_pool
 from tracker.config import Settings
-from tracker.db import connect_pool
 
 pytestmark = pytest.mark.integration  # also needs the local PostgreSQL
 

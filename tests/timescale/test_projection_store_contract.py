@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.projection_store_contract import PostgresGenerations, PostgresProjectionStoreContract
 from tests.timescale.conftest import MigratedServer
-from tracker.db import connect_pool
+from tracker.adapters.postgres import connect_pool
 
 
 class TestTimescaleProjectionStore(PostgresProjectionStoreContract):

@@ -23,8 +23,8 @@ import pytest_asyncio
 from tests.timescale.compare import dashboard_answers, projection_problems, query_answers
 from tests.timescale.conftest import MigratedServer, run_cli
 from tests.timescale.history import History, build_history, sample_frames, write_history
+from tracker.adapters.postgres import connect_pool
 from tracker.config import Settings
-from tracker.db import connect_pool
 
 pytestmark = pytest.mark.integration  # also needs the local PostgreSQL
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import asyncpg
 
 from tests.timescale.conftest import MigratedServer, run_cli
-from tracker.db import load_migrations
+from tracker.adapters.postgres import load_migrations
 
 TIME_PARTITIONED = {
     "frame_events": "frame_timestamp",

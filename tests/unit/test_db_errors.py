@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tracker.db import call_db, translate
+from tracker.adapters.postgres import call_db, translate
 from tracker.errors import DatabaseUnavailable, StorageError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tracker.dlq import dead_letter_record
+from tracker.adapters.dead_letters import dead_letter_record
 from tracker.errors import FramingError
 
 

@@ -19,7 +19,7 @@ import projections
 import tracker
 import tracker.cli
 from tracker import errors
-from tracker.api import errors_middleware
+from tracker.api.app import errors_middleware
 from tracker.errors import (
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
@@ -33,7 +33,7 @@ EXIT_CODES = {EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND}
 HTTP_STATUSES = {400, 404, 500, 503}
 
 # What each error meant before the table existed (tracker/cli.py's `main` and
-# tracker/api.py's middleware, each with its own except clauses): kept.
+# tracker/api/app.py's middleware, each with its own except clauses): kept.
 EXPECTED = {
     "TrackerError": (1, 500),
     "ConfigError": (2, 500),  # read at start-up: "tracker: configuration error: ..."

@@ -14,7 +14,7 @@ from tests.support.contracts import (
     ReadBack,
 )
 from tracker.errors import BrokerError, FramingError
-from tracker.in_memory import InMemoryDeadLetterSink, InMemoryEventStore
+from tracker.store.in_memory import InMemoryDeadLetterSink, InMemoryEventStore
 
 
 class TestInMemoryEventStore(EventStoreContract):

@@ -1,4 +1,4 @@
-"""Every Kafka client made in tracker.kafka says who it is: ``client_id`` is
+"""Every Kafka client made in tracker.adapters.kafka says who it is: ``client_id`` is
 ``tracker-<role>-<instance>``, and each caller names its role. Clients are
 only built here, never started (building one touches no network)."""
 
@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-import tracker.kafka as kafka
-from tracker.config import Settings
-from tracker.kafka import (
+import tracker.adapters.kafka as kafka
+from tracker.adapters.kafka import (
     client_id,
     make_admin,
     make_consumer,
@@ -21,6 +20,7 @@ from tracker.kafka import (
     messaging_attributes,
     server_address,
 )
+from tracker.config import Settings
 
 
 def test_client_id_names_the_role_and_the_instance() -> None:
@@ -97,7 +97,7 @@ def test_each_constructor_sets_the_client_id(built: list[tuple[str, dict[str, An
 
 
 async def test_the_publishers_name_their_roles(built: list[tuple[str, dict[str, Any]]]) -> None:
-    from tracker.dlq import DeadLetterPublisher
+    from tracker.adapters.dead_letters import DeadLetterPublisher
     from tracker.publisher import FramePublisher
 
     s = Settings(instance_id="i1")

@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tracker.domain import Frame
-from tracker.lifecycle import AFTER_TERMINAL, CONFLICTING_TERMINAL, DUPLICATE_TERMINAL, flag_batch
 from tracker.logs import setup_logging
+from tracker.store.lifecycle import AFTER_TERMINAL, CONFLICTING_TERMINAL, DUPLICATE_TERMINAL, flag_batch
 from tracker.telemetry import (
     FrameContextSpanProcessor,
     frame_context,

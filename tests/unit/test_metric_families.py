@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tracker import metrics, metrics_registry
-from tracker.status import GroupStatus, PartitionStatus, Status, export_status_metrics
+from tracker.queries.status import GroupStatus, PartitionStatus, Status, export_status_metrics
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 _ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| (?P<type>counter|gauge|histogram) \|", re.MULTILINE)

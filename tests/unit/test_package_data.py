@@ -2,7 +2,7 @@
 
 schemas/ and sql/ are top-level folders of the repository that ship as the
 packages ``tracker.schemas`` and ``tracker.sql`` (pyproject.toml maps them);
-tracker/codec.py and tracker/db.py read them through importlib.resources, so a
+tracker/codec.py and tracker/adapters/postgres.py read them through importlib.resources, so a
 checkout and an installed wheel (tests/integration/test_wheel.py) run the same
 code. Here: the editable install resolves them to this checkout's folders.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import tracker
+from tracker.adapters.postgres import SQL_DIR, load_migrations
 from tracker.cli import build_parser
 from tracker.codec import SCHEMA_DIR, FrameEventCodec, load_schema_versions
-from tracker.db import SQL_DIR, load_migrations
 
 ROOT = Path(__file__).resolve().parents[2]
 

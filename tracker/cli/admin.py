@@ -17,7 +17,7 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.db import connect, migrate
+    from tracker.adapters.postgres import connect, migrate
 
     conn = await connect(settings)
     try:
@@ -37,7 +37,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.db import call_db, connect
+    from tracker.adapters.postgres import call_db, connect
 
     cutoff = datetime.now(UTC) - timedelta(hours=args.older_than)
     conn = await connect(settings)
@@ -55,7 +55,7 @@ async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.api import serve
+    from tracker.api.app import serve
     from tracker.runtime import on_stop_signals
     from tracker.telemetry import setup_tracing
 
@@ -78,7 +78,7 @@ def _parse_positions(values: Sequence[str]) -> set[tuple[int, int]]:
 
 
 async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.dlq import read_dead_letters, replay_dead_letters
+    from tracker.adapters.dead_letters import read_dead_letters, replay_dead_letters
 
     if args.dlq_command == "list":
         letters = await read_dead_letters(settings, limit=args.limit)

@@ -20,7 +20,7 @@ async def cmd_journey(settings: Settings, args: argparse.Namespace) -> int:
         j = await q.get_frame_journey(args.frame_id)
 
     def text() -> str:
-        from tracker.render import render_journey
+        from tracker.cli.render import render_journey
 
         return render_journey(j)
 
@@ -28,8 +28,8 @@ async def cmd_journey(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_slow(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.cli.render import table
     from tracker.queries import FrameTrackingQueries, check_camera_id
-    from tracker.render import table
 
     async with await FrameTrackingQueries.connect(settings) as q:
         if args.camera is not None:
@@ -54,8 +54,8 @@ async def cmd_slow(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.cli.render import table
     from tracker.queries import FrameTrackingQueries
-    from tracker.render import table
 
     async with await FrameTrackingQueries.connect(settings) as q:
         a = await q.get_failure_analysis(args.hours)
@@ -77,8 +77,8 @@ async def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.cli.render import table
     from tracker.queries import FrameTrackingQueries
-    from tracker.render import table
 
     async with await FrameTrackingQueries.connect(settings) as q:
         cams = await q.get_camera_stats(args.hours)
@@ -116,7 +116,7 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.status import collect_status, render
+    from tracker.queries.status import collect_status, render
 
     status = await collect_status(settings)
     return emit(args, status.to_json(), lambda: render(status), default=str)

@@ -74,7 +74,7 @@ async def _run_worker(
 
 
 async def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
-    from tracker.consumer import EventStoreConsumer
+    from tracker.store.consumer import EventStoreConsumer
 
     _, stats = await _run_worker(settings, args, "tracker-event-store", EventStoreConsumer)
     counts = ("records", "stored", "duplicates", "dead_lettered", "flagged", "batches")

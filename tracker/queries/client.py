@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from tracker.adapters.postgres import call_db, connect_pool
 from tracker.config import Settings
-from tracker.db import call_db, connect_pool
 from tracker.errors import NotFound
 from tracker.queries import shaping, statements
 from tracker.queries.checks import check_camera_id, check_frame_id, check_hours, check_limit, check_threshold

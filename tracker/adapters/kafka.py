@@ -1,0 +1,221 @@
+"""The aiokafka adapter: client construction, security pass-through, topics.
+
+Building a client never touches the network; ``start()`` does. Every Kafka
+client of the project is made here so that SASL/TLS settings apply everywhere,
+and so that each one tells the broker who it is: its ``client_id`` is
+``tracker-<role>-<instance>`` (see :func:`client_id`), which broker logs,
+quotas, request metrics and the ``messaging.client.id`` span attribute show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from tracker.config import Settings
+from tracker.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KAFKA_PORT = 9092
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def instance_name(settings: Settings) -> str:
+    """This process among its peers: ``TRACKER_INSTANCE_ID`` if set, else ``<hostname>-<pid>``."""
+    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def client_id(settings: Settings, role: str) -> str:
+    """``tracker-<role>-<instance>``: the role (``event-store``, ``projections``,
+    ``publisher-<producer name>``, ``dlq``, ``admin``, ``replay``, ``status``)
+    and the instance (:func:`instance_name`), with characters other than
+    letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return _UNSAFE.sub("_", f"tracker-{role}-{instance_name(settings)}")
+
+
+def server_address(settings: Settings) -> tuple[str, int]:
+    """Host and port of the first bootstrap server (what spans report as
+    ``server.address`` and ``server.port``); the port defaults to 9092."""
+    first = settings.kafka_bootstrap.split(",")[0].strip()
+    if first.startswith("["):  # [IPv6]:port
+        host, _, rest = first[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif first.count(":") == 1:
+        host, _, port = first.partition(":")
+    else:  # a bare host, or an IPv6 address without a port
+        host, port = first, ""
+    return host, int(port) if port.isdigit() else DEFAULT_KAFKA_PORT
+
+
+def messaging_attributes(settings: Settings, role: str) -> dict[str, str | int]:
+    """The span attributes that say which broker and which client: ``server.address``,
+    ``server.port`` and ``messaging.client.id`` (that of the client made with ``role``)."""
+    host, port = server_address(settings)
+    return {"server.address": host, "server.port": port, "messaging.client.id": client_id(settings, role)}
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection and security options shared by producers, consumers and admin."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+        if settings.kafka_ssl_certfile:
+            ctx.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+        kw["ssl_context"] = ctx
+    if settings.kafka_sasl_mechanism:
+        kw["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kw["sasl_plain_username"] = settings.kafka_sasl_username
+        kw["sasl_plain_password"] = settings.kafka_sasl_password.get()
+    return kw
+
+
+def make_producer(settings: Settings, *, role: str = "producer", **overrides: Any) -> AIOKafkaProducer:
+    """Idempotent, ``acks=all``: a retried send after a broker bounce is not duplicated.
+    ``role`` names the client (:func:`client_id`)."""
+    kw: dict[str, Any] = {
+        "client_id": client_id(settings, role),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+        "retry_backoff_ms": 200,
+    }
+    kw.update(overrides)
+    return AIOKafkaProducer(**client_kwargs(settings), **kw)
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, role: str = "consumer", **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer without auto-commit, reading committed records only; ``role``
+    names the client (:func:`client_id`)."""
+    kw: dict[str, Any] = {
+        "client_id": client_id(settings, role),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        # Bounded prefetch: aiokafka buffers at most one fetch response ahead of
+        # the batch being written, so a slow database means a paused fetch
+        # (back-pressure), never a growing buffer.
+        "max_partition_fetch_bytes": 1024 * 1024,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 4),
+        # Our batches can wait on a database outage with retries; allow that
+        # without being evicted from the group (heartbeats keep running).
+        "max_poll_interval_ms": 600_000,
+    }
+    if group_id and settings.instance_id:
+        # Static membership: one id per worker *and* group.
+        kw["group_instance_id"] = f"{settings.instance_id}:{group_id}"
+    kw.update(overrides)
+    return AIOKafkaConsumer(*topics, **client_kwargs(settings), **kw)
+
+
+async def next_batch(
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> dict[TopicPartition, list[Any]]:
+    """The next batch: up to ``batch_max_records`` records, gathered for at most
+    ``batch_linger_ms`` after the first one arrived (``{}`` after
+    ``batch_timeout_ms`` without any).
+
+    ``getmany`` alone returns whatever is buffered, which under a steady trickle
+    means batches of a few records, each paying a whole transaction. Records of
+    one partition stay in offset order.
+    """
+    limit = settings.batch_max_records
+    batch = await consumer.getmany(timeout_ms=settings.batch_timeout_ms, max_records=limit)
+    if not batch or settings.batch_linger_ms <= 0:
+        return batch
+    n = sum(len(v) for v in batch.values())
+    deadline = asyncio.get_running_loop().time() + settings.batch_linger_ms / 1000
+    while n < limit and not (stopping is not None and stopping.is_set()):
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        more = await consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=limit - n)
+        for tp, msgs in more.items():
+            cur = batch.setdefault(tp, [])
+            if cur and msgs[0].offset <= cur[-1].offset:
+                # A rebalance re-positioned this partition meanwhile: what we
+                # held of it is stale and will be (or was) delivered again.
+                n -= len(cur)
+                cur.clear()
+            cur.extend(msgs)
+            n += len(msgs)
+    return batch
+
+
+def make_admin(settings: Settings, *, role: str = "admin") -> AIOKafkaAdminClient:
+    """An admin client; ``role`` names it (:func:`client_id`)."""
+    return AIOKafkaAdminClient(
+        **client_kwargs(settings), client_id=client_id(settings, role), request_timeout_ms=15_000
+    )
+
+
+async def ensure_topics(
+    settings: Settings, topics: Iterable[str], *, partitions: int | None = None
+) -> list[str]:
+    """Create the topics that are missing; return the ones created."""
+    wanted = list(dict.fromkeys(topics))
+    admin = make_admin(settings)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            new = [
+                NewTopic(
+                    t,
+                    num_partitions=partitions or settings.topic_partitions,
+                    replication_factor=settings.topic_replication_factor,
+                )
+                for t in missing
+            ]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+            log.info("created topics %s", missing)
+        return missing
+    except KafkaError as e:
+        raise BrokerError(f"cannot ensure topics {wanted}: {e}", retriable=e.retriable) from e
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(settings: Settings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of the given topics (missing topics contribute none)."""
+    admin = make_admin(settings)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(list(topics))
+    except KafkaError as e:
+        raise BrokerError(f"cannot describe topics: {e}", retriable=e.retriable) from e
+    finally:
+        await admin.close()
+    out = []
+    for t in described:
+        if t.get("error_code", 0) != 0:
+            continue
+        out += [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
+    return sorted(out)

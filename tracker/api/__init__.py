@@ -1,0 +1,1 @@
+"""The HTTP interface: ``tracker serve`` (:mod:`tracker.api.app`) and its ``openapi.json``."""

@@ -1,0 +1,254 @@
+"""``tracker serve``: the HTTP JSON API, ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Bound to 127.0.0.1 unless told otherwise. With ``TRACKER_API_TOKEN`` set,
+every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+Bad parameters get a 4xx with a one-line message; a database outage gets 503;
+nothing returns a stack trace. The endpoints are documented in
+``tracker/api/openapi.json``, which a test checks against the running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from tracker.config import Settings
+from tracker.errors import InvalidQuery, TrackerError, http_status
+from tracker.metrics import exposition
+from tracker.queries import FrameTrackingQueries
+
+log = logging.getLogger(__name__)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+QUERIES = web.AppKey("queries", FrameTrackingQueries)
+SETTINGS = web.AppKey("settings", Settings)
+READINESS = web.AppKey("readiness", object)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _float_param(request: web.Request, name: str, default: float | None = None) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise InvalidQuery(f"missing query parameter {name}")
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidQuery(f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise InvalidQuery(f"{name} must be finite")
+    return value
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidQuery(f"{name} must be a whole number") from None
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return _error(e.status, e.reason or "error")
+        raise
+    except Exception as e:
+        # The status comes from tracker.errors (the CLI's exit codes too); 4xx
+        # messages are the client's to read, 5xx ones say nothing internal.
+        status = http_status(e)
+        if status < 500:
+            return _error(status, str(e))
+        if status == 503:
+            log.warning("database unavailable while serving %s", request.path)
+            return _error(503, "database unavailable; retry later")
+        if isinstance(e, TrackerError):
+            log.error("query failed on %s: %s", request.path, e)
+            return _error(500, "query failed")
+        log.exception("unexpected error on %s", request.path)
+        return _error(500, "internal error")
+
+
+def auth_middleware(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token and request.path != "/healthz":
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checker = request.app[READINESS]
+    checks = await checker.check()  # type: ignore[attr-defined]
+    ok = all(c["ok"] for c in checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=OPENAPI_PATH.read_text(), content_type="application/json")
+
+
+async def journey(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    return web.json_response(await q.get_frame_journey(request.match_info["frame_id"]), dumps=_dumps)
+
+
+async def slow_frames(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    camera = request.query.get("camera_id")
+    rows = await q.find_slow_frames(
+        _float_param(request, "threshold_ms", 1000.0),
+        _float_param(request, "hours", 1.0),
+        camera_id=camera,
+        limit=_int_param(request, "limit", 100),
+    )
+    return web.json_response({"frames": rows}, dumps=_dumps)
+
+
+async def failures(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    return web.json_response(await q.get_failure_analysis(_float_param(request, "hours", 24.0)), dumps=_dumps)
+
+
+async def camera_stats(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    return web.json_response(
+        {"cameras": await q.get_camera_stats(_float_param(request, "hours", 1.0))}, dumps=_dumps
+    )
+
+
+async def stage_stats(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    return web.json_response(
+        {"stages": await q.get_stage_performance(_float_param(request, "hours", 1.0))}, dumps=_dumps
+    )
+
+
+class Readiness:
+    """Kafka and PostgreSQL reachability, each with a short timeout."""
+
+    def __init__(self, settings: Settings, queries: FrameTrackingQueries) -> None:
+        self.settings = settings
+        self.queries = queries
+
+    async def check(self) -> dict[str, dict[str, Any]]:
+        pg, kafka = await asyncio.gather(self._pg(), self._kafka())
+        return {"postgresql": pg, "kafka": kafka}
+
+    async def _pg(self) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(self.queries.ping(), 2.0)
+            return {"ok": True}
+        except (TimeoutError, TrackerError) as e:
+            return {"ok": False, "error": type(e).__name__}
+
+    async def _kafka(self) -> dict[str, Any]:
+        from tracker.adapters.kafka import make_admin
+
+        admin = make_admin(self.settings, role="status")
+        try:
+            await asyncio.wait_for(admin.start(), 3.0)
+            await asyncio.wait_for(admin.list_topics(), 2.0)
+            return {"ok": True}
+        except Exception as e:  # any failure to talk to Kafka means "not ready"
+            return {"ok": False, "error": type(e).__name__}
+        finally:
+            try:
+                await asyncio.wait_for(admin.close(), 2.0)
+            except Exception:  # closing a half-open client may fail too
+                log.debug("admin close failed", exc_info=True)
+
+
+def build_app(settings: Settings, queries: FrameTrackingQueries) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware(settings.api_token.get())], client_max_size=64 * 1024
+    )
+    app[QUERIES] = queries
+    app[SETTINGS] = settings
+    app[READINESS] = Readiness(settings, queries)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/api/v1/frames/{frame_id}", journey)
+    app.router.add_get("/api/v1/slow-frames", slow_frames)
+    app.router.add_get("/api/v1/failures", failures)
+    app.router.add_get("/api/v1/stats/cameras", camera_stats)
+    app.router.add_get("/api/v1/stats/stages", stage_stats)
+    return app
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until ``stop`` is set (or forever)."""
+    from tracker.adapters.progress import periodically
+    from tracker.queries.status import collect_status
+
+    queries = await FrameTrackingQueries.connect(settings)
+    runner = web.AppRunner(build_app(settings, queries), access_log=None)
+    await runner.setup()
+
+    async def refresh_status_metrics() -> None:
+        await collect_status(settings)  # exports lag, DLQ size, rebuild and rate gauges
+
+    # Pipeline-wide gauges (lag per partition, DLQ size, rebuild running, events/s)
+    # on this process's /metrics, whether or not the workers expose theirs.
+    status_task = asyncio.create_task(periodically(refresh_status_metrics, 15.0))
+    try:
+        site = web.TCPSite(runner, host or settings.api_host, port if port is not None else settings.api_port)
+        await site.start()
+        log.info("serving on http://%s:%s", host or settings.api_host, port or settings.api_port)
+        if ready is not None:
+            ready.set()
+        await (stop or asyncio.Event()).wait()
+    finally:
+        status_task.cancel()
+        await runner.cleanup()
+        await queries.close()
