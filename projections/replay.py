@@ -20,7 +20,6 @@ generation's tables and its checkpoints are all durable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -33,12 +32,14 @@ import asyncpg
 
 from projections.events import STORE_COLUMNS, from_kafka, from_store
 from projections.fold import BatchFold
+from projections.ports import ApplyResult
 from projections.store import PROJECTION, FramesProjectionStore
 from tracker.adapters.kafka import ensure_topics, make_consumer, topic_partitions
 from tracker.adapters.postgres import call_db, connect_pool, retry_while_unavailable
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.errors import Interrupted, ReplayError
+from tracker.runtime import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,10 @@ class ProjectionRebuild:
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
             log.warning("could not record rebuild status %s", status)
 
+    def _count(self, applied: ApplyResult | None) -> None:
+        if applied is not None:
+            self._applied += applied.events
+
     def _report(self, gen: int, phase: str, lag: int) -> ReplayProgress:
         elapsed = max(1e-6, time.monotonic() - self._t0)
         eps = self._applied / elapsed
@@ -198,19 +203,17 @@ class ProjectionRebuild:
             )
             chunk: list[Any] = []
             # A chunk is written while the next is read and folded (two connections).
-            writing: asyncio.Task[Any] | None = None
+            async with WriteBehind[ApplyResult]() as behind:
 
-            async def write(events: list[Any]) -> None:
-                nonlocal writing
-                folded = BatchFold().extend(events)
-                if writing is not None:
-                    await writing
-                    self._applied += writing.result().events
-                writing = asyncio.create_task(
-                    retry_while_unavailable(partial(store.apply_folded, folded, len(events), generation=gen))
-                )
+                async def write(events: list[Any]) -> None:
+                    folded = BatchFold().extend(events)
+                    self._count(await behind.wait())
+                    behind.start(
+                        retry_while_unavailable(
+                            partial(store.apply_folded, folded, len(events), generation=gen)
+                        )
+                    )
 
-            try:
                 async for row in conn.cursor(
                     f"SELECT {STORE_COLUMNS} FROM frame_events {where}", *args, prefetch=self.batch_size
                 ):
@@ -225,14 +228,7 @@ class ProjectionRebuild:
                             raise Interrupted
                 if chunk:
                     await write(chunk)
-                if writing is not None:
-                    await writing
-                    self._applied += writing.result().events
-                    writing = None
-            finally:
-                if writing is not None:
-                    with contextlib.suppress(Exception):
-                        await writing
+                self._count(await behind.wait())
         positions: dict[tuple[str, int], tuple[int | None, int]] = {}
         for r in maxima:
             key = (r["topic"], r["partition"])
@@ -308,13 +304,11 @@ class ProjectionRebuild:
             # One batch is written while the next is fetched, decoded and folded.
             # ``expected`` runs one batch ahead of what is durable; every exit
             # waits for the write in flight first.
-            writing: asyncio.Task[Any] | None = None
-            try:
+            async with WriteBehind[ApplyResult]() as behind:
                 while not self._stopping.is_set():
                     reached = all((expected[(tp.topic, tp.partition)] or 0) >= target[tp] for tp in tps)
-                    if reached and writing is not None:
-                        await writing
-                        writing = None
+                    if reached and behind.in_flight:
+                        await behind.wait()
                     live_gen = await store.live_generation()
                     live = await store.checkpoints(live_gen)
                     ends = await consumer.end_offsets(tps)
@@ -336,12 +330,14 @@ class ProjectionRebuild:
                             if e is not None:
                                 events.append(e)
                     folded = BatchFold().extend(events)
-                    if writing is not None:
-                        await writing
-                    write = partial(
-                        store.apply_folded, folded, len(events), generation=gen, positions=positions
+                    await behind.wait()
+                    behind.start(
+                        retry_while_unavailable(
+                            partial(
+                                store.apply_folded, folded, len(events), generation=gen, positions=positions
+                            )
+                        )
                     )
-                    writing = asyncio.create_task(retry_while_unavailable(write))
                     for key, (_, new) in positions.items():
                         expected[key] = new
                     self._applied += sum(len(m) for m in batch.values())
@@ -349,14 +345,7 @@ class ProjectionRebuild:
                     if now - last_report >= 1.0:
                         last_report = now
                         await self._progress(pool, rid, self._report(gen, "topics", to_end))
-                if writing is not None:
-                    await writing
-                    writing = None
-                return False
-            finally:
-                if writing is not None:
-                    with contextlib.suppress(Exception):
-                        await writing
+            return False
         finally:
             await consumer.stop()
 

@@ -1,4 +1,4 @@
-"""The worker runtime (tracker/runtime.py) that both workers are built on."""
+"""The worker runtime (tracker/runtime/) that both workers are built on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 import tracker.adapters.dead_letters
-import tracker.runtime
+import tracker.runtime.worker
 from projections.worker import ProjectionWorker
 from tracker.config import Settings
 from tracker.errors import TrackerError
@@ -44,7 +44,7 @@ async def test_a_failing_start_leaves_nothing_open(
         producers.append(real_producer(*a, **kw))
         return producers[-1]
 
-    real_consumer = tracker.runtime.make_consumer
+    real_consumer = tracker.runtime.worker.make_consumer
 
     def failing_consumer(*a: Any, **kw: Any) -> Any:
         consumer = real_consumer(*a, **kw)
@@ -56,7 +56,7 @@ async def test_a_failing_start_leaves_nothing_open(
         return consumer
 
     monkeypatch.setattr(tracker.adapters.dead_letters, "make_producer", recording_producer)
-    monkeypatch.setattr(tracker.runtime, "make_consumer", failing_consumer)
+    monkeypatch.setattr(tracker.runtime.worker, "make_consumer", failing_consumer)
     before = await _connections(settings)
     worker = worker_cls(settings)
     with pytest.raises(KafkaConnectionError):
@@ -76,7 +76,7 @@ async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Setting
     from aiokafka import TopicPartition
 
     from tracker import metrics
-    from tracker.runtime import _Rebalance
+    from tracker.runtime.worker import _Rebalance
 
     for worker in (EventStoreConsumer(settings), ProjectionWorker(settings)):
         kept, moved = TopicPartition(settings.camera_topic, 0), TopicPartition(settings.camera_topic, 1)

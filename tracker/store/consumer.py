@@ -165,7 +165,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         batch, offsets, n, decoded = prepared.batch, prepared.offsets, prepared.records, prepared.decoded
         dead = decoded.dead
         links = decoded.links
-        # server.address, server.port and messaging.client.id (that of the consumer runtime.py made)
+        # server.address, server.port and messaging.client.id (that of the consumer the runtime made)
         client = messaging_attributes(self.settings, self.kind)
 
         spans = [

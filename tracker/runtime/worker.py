@@ -45,6 +45,7 @@ from tracker.adapters.postgres import connect_pool, retry_while_unavailable
 from tracker.adapters.progress import ProgressSampler, periodically
 from tracker.config import Settings
 from tracker.errors import BrokerError, DatabaseUnavailable, Interrupted, TrackerError
+from tracker.runtime.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,7 @@ class KafkaWorker(ABC, Generic[P]):
                 await asyncio.wait_for(self.assigned.wait(), idle_timeout_s)
             except TimeoutError:
                 raise BrokerError("no partitions assigned within the idle timeout") from None
-        writing: asyncio.Task[bool] | None = None
-        try:
+        async with WriteBehind[bool]() as behind:
             while not self._stopping.is_set():
                 self._raise_background_failure()
                 batch = await next_batch(consumer, self.settings, stopping=self._stopping)
@@ -272,24 +272,15 @@ class KafkaWorker(ABC, Generic[P]):
                         if not await self._write_locked(prepared, prepare_s):
                             break
                         continue
-                    if writing is not None and not await writing:
-                        writing = None
+                    if await behind.wait() is False:
                         break  # stop requested while the database was down
-                    writing = asyncio.create_task(self._write_locked(prepared, prepare_s))
+                    behind.start(self._write_locked(prepared, prepare_s))
                     continue
-                if writing is not None:
-                    done, writing = await writing, None
-                    if not done:
+                if behind.in_flight:
+                    if await behind.wait() is False:
                         break
                 elif until_idle and await self.caught_up():
                     break
-            if writing is not None:
-                await writing
-                writing = None
-        finally:
-            if writing is not None:  # leaving on an error: let the write end first
-                with contextlib.suppress(Exception):
-                    await writing
         await self.progress.maybe_sample(self._pool, force=True)
         return self.stats
 
