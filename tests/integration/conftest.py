@@ -15,12 +15,15 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from tests.integration.prom import PrometheusTools, PrometheusUnavailable, find_prometheus
+from tests.integration.shipped_promql import dashboard_files, load_dashboard
 from tracker.adapters.postgres import connect, migrate
 from tracker.config import Settings
 
@@ -122,6 +125,22 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):  # 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def dashboards() -> dict[str, dict[str, Any]]:
+    """The Grafana dashboards (compose/grafana/dashboards/) by file name, loaded
+    once; tests only read them (the ``*_can_fail`` ones break deep copies)."""
+    return {p.name: load_dashboard(p) for p in dashboard_files()}
+
+
+@pytest.fixture(scope="session")
+def prom_tools() -> PrometheusTools:
+    """prometheus and promtool, installed from Debian's package if missing (as root)."""
+    try:
+        return find_prometheus()
+    except PrometheusUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

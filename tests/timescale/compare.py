@@ -97,9 +97,9 @@ async def dashboard_answers(
     time_to: datetime,
 ) -> dict[str, Any]:
     """Every SQL statement of every dashboard, macros and variables expanded by
-    tests/integration/test_dashboards.py; the frame-search dashboard once per
+    tests/integration/dashboard_sql.py; the frame-search dashboard once per
     frame of ``frames`` (label -> frame id). Errors are answers too."""
-    from tests.integration.test_dashboards import expand_sql, sql_statements
+    from tests.integration.dashboard_sql import expand_sql, sql_statements
 
     out: dict[str, Any] = {}
 
