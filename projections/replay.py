@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -101,11 +101,10 @@ class ProjectionRebuild:
                     except Interrupted:
                         log.info("rebuild interrupted; run `tracker replay` again to resume")
                         return await store.live_generation()
-                done = await self._from_topics(pool, store, gen, replay_id)
-                if not done:
+                old = await self._from_topics(pool, store, gen, replay_id)
+                if old is None:
                     log.info("rebuild interrupted; run `tracker replay` again to resume")
                     return await store.live_generation()
-                old = await self._swap(pool, gen, replay_id)
                 await call_db(lambda: pool.execute("SELECT tracker_drop_frames_generation($1)", old))
                 return gen
             except BaseException as e:
@@ -280,7 +279,9 @@ class ProjectionRebuild:
 
     async def _from_topics(
         self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
-    ) -> bool:
+    ) -> int | None:
+        """Fill ``gen`` from the topics, then swap it in; the generation it
+        replaced (``None`` if a stop was requested first)."""
         tps = await topic_partitions(self.settings, self.settings.event_topics)
         consumer = make_consumer(
             self.settings, group_id=None, role="replay", max_poll_records=self.batch_size
@@ -301,25 +302,20 @@ class ProjectionRebuild:
             # never swaps in a table emptier than the live one.
             target = await consumer.end_offsets(tps)
             last_report = 0.0
+
+            def at(key: tuple[str, int]) -> int:
+                return expected[key] or 0
+
             # One batch is written while the next is fetched, decoded and folded.
             # ``expected`` runs one batch ahead of what is durable; every exit
             # waits for the write in flight first.
             async with WriteBehind[ApplyResult]() as behind:
-                while not self._stopping.is_set():
-                    reached = all((expected[(tp.topic, tp.partition)] or 0) >= target[tp] for tp in tps)
-                    if reached and behind.in_flight:
-                        await behind.wait()
-                    live_gen = await store.live_generation()
-                    live = await store.checkpoints(live_gen)
-                    ends = await consumer.end_offsets(tps)
-                    at = {tp: expected[(tp.topic, tp.partition)] or 0 for tp in tps}
-                    behind_live = sum(max(0, live.get((tp.topic, tp.partition), 0) - at[tp]) for tp in tps)
-                    to_end = sum(max(0, ends[tp] - at[tp]) for tp in tps)
-                    if reached and behind_live <= self.swap_lag_threshold:
-                        return True
+
+                async def step() -> bool:
+                    """Fetch one batch and start writing it; ``False`` if there was none."""
                     batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
                     if not batch:
-                        continue
+                        return False
                     events = []
                     positions = {}
                     for tp, msgs in batch.items():
@@ -331,32 +327,73 @@ class ProjectionRebuild:
                                 events.append(e)
                     folded = BatchFold().extend(events)
                     await behind.wait()
-                    behind.start(
-                        retry_while_unavailable(
-                            partial(
-                                store.apply_folded, folded, len(events), generation=gen, positions=positions
-                            )
-                        )
+                    apply = partial(
+                        store.apply_folded, folded, len(events), generation=gen, positions=positions
                     )
+                    behind.start(retry_while_unavailable(apply))
                     for key, (_, new) in positions.items():
                         expected[key] = new
                     self._applied += sum(len(m) for m in batch.values())
+                    return True
+
+                async def catch_up(goal: dict[tuple[str, int], int]) -> None:
+                    """Apply until every partition has reached ``goal`` (durably)."""
+                    idle = 0
+                    while any(at(k) < off for k, off in goal.items() if k in expected):
+                        idle = 0 if await step() else idle + 1
+                        if idle >= 20:  # ~10 s of empty fetches: the topics lack what was applied
+                            raise ReplayError(f"cannot reach the live checkpoints {goal} from the topics")
+                    await behind.wait()
+
+                while not self._stopping.is_set():
+                    reached = all(at((tp.topic, tp.partition)) >= target[tp] for tp in tps)
+                    if reached and behind.in_flight:
+                        await behind.wait()
+                    live_gen = await store.live_generation()
+                    live = await store.checkpoints(live_gen)
+                    ends = await consumer.end_offsets(tps)
+                    behind_live = sum(max(0, live.get(k, 0) - at(k)) for k in expected)
+                    to_end = sum(max(0, ends[tp] - at((tp.topic, tp.partition))) for tp in tps)
+                    if reached and behind_live <= self.swap_lag_threshold:
+                        return await self._swap(pool, gen, rid, catch_up)
+                    await step()
                     now = time.monotonic()
                     if now - last_report >= 1.0:
                         last_report = now
                         await self._progress(pool, rid, self._report(gen, "topics", to_end))
-            return False
+            return None
         finally:
             await consumer.stop()
 
-    async def _swap(self, pool: asyncpg.Pool, gen: int, rid: int) -> int:
+    async def _swap(
+        self,
+        pool: asyncpg.Pool,
+        gen: int,
+        rid: int,
+        catch_up: Callable[[dict[tuple[str, int], int]], Awaitable[None]],
+    ) -> int:
+        """Point the readers at ``gen``; the generation it replaced.
+
+        Under the lock that stops the live writers (the projection worker, or an
+        inline projection), ``gen`` first catches up with the live checkpoints:
+        whatever they applied between the rebuild's last look and the lock is
+        applied to ``gen`` too, so the swap never steps back.
+        """
+
         async def run() -> int:
             async with pool.acquire() as conn, conn.transaction():
-                # FOR UPDATE waits for the live worker's in-flight batch (it holds
+                # FOR UPDATE waits for a live writer's in-flight batch (it holds
                 # FOR SHARE on this row), so the swap lands between two batches.
                 old = await conn.fetchval(
                     "SELECT generation FROM projection_state WHERE projection = $1 FOR UPDATE", PROJECTION
                 )
+                live = await conn.fetch(
+                    'SELECT topic, "partition", next_offset FROM projection_checkpoints '
+                    "WHERE projection = $1 AND generation = $2",
+                    PROJECTION,
+                    old,
+                )
+                await catch_up({(r["topic"], r["partition"]): r["next_offset"] for r in live})
                 await conn.execute("SELECT tracker_point_frames_views($1)", gen)
                 await conn.execute(
                     "UPDATE projection_replays SET status = 'swapped', lag_events = 0, eta_s = 0, "

@@ -138,6 +138,13 @@ class FramesProjectionStore(ProjectionStore):
 
         return await call_db(run)
 
+    async def write_fold(self, conn: asyncpg.Connection, generation: int, batch: BatchFold) -> ApplyResult:
+        """Merge a folded batch into ``generation`` in the caller's transaction
+        (no checkpoint, no check): what an inline projection writes with an append.
+        The generation's partitions are made first, on a connection of the pool."""
+        await self.ensure_partitions(generation, [r.frame_timestamp for r in batch.frames.values()])
+        return await self._write(conn, self._s(generation), batch)
+
     async def _write(
         self, conn: asyncpg.Connection, s: GenerationStatements, batch: BatchFold
     ) -> ApplyResult:

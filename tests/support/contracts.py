@@ -139,6 +139,35 @@ class EventStoreContract:
         assert (_inserted(result), result.duplicates) == (_fields([a, b]), 1)
         assert _by_id(await read_back()) == _by_id([a, b])
 
+    async def test_an_inline_step_runs_once_inside_the_append(
+        self, store: EventStore, read_back: ReadBack
+    ) -> None:
+        rows = [row_of(ev.FrameCaptured(**_common(f"f{i}")), offset=i) for i in range(2)]
+        calls: list[Any] = []
+
+        async def step(conn: Any) -> None:
+            calls.append(conn)
+
+        await store.ensure_partitions({DAY})
+        result = await store.append(rows, inline=step)
+        assert len(calls) == 1 and len(result.inserted) == 2
+        assert _by_id(await read_back()) == _by_id(rows)
+
+    async def test_a_failing_inline_step_stores_nothing_of_its_append(
+        self, store: EventStore, read_back: ReadBack
+    ) -> None:
+        kept = row_of(ev.FrameCaptured(**_common("f0")))
+        await store.ensure_partitions({DAY})
+        await store.append([kept])
+
+        async def step(conn: Any) -> None:
+            raise RuntimeError("the read model refused the batch")
+
+        lost = row_of(ev.FrameCaptured(**_common("f1")), offset=1)
+        with pytest.raises(RuntimeError, match="refused"):
+            await store.append([lost], inline=step)
+        assert await read_back() == [kept]
+
     async def test_an_empty_append_stores_nothing(self, store: EventStore, read_back: ReadBack) -> None:
         assert await store.append([]) == AppendResult([], 0)
         assert await read_back() == []

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("consume", help="event-store consumer worker")
     c.add_argument("--until-idle", action="store_true", help="exit once caught up")
+    c.add_argument(
+        "--inline-projection",
+        action="store_true",
+        help="also keep the frames projection, in each batch's own transaction "
+        "(then do not run `tracker project`)",
+    )
     c.add_argument("--metrics-port", type=_port, default=9464, help="0 disables /metrics")
     c.add_argument("--json", action="store_true")
 

@@ -14,6 +14,7 @@ from tracker.errors import UsageError
 
 if TYPE_CHECKING:
     from tracker.runtime import KafkaWorker
+    from tracker.store.consumer import EventStoreConsumer
 
 W = TypeVar("W", bound="KafkaWorker[Any]")
 
@@ -76,7 +77,14 @@ async def _run_worker(
 async def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.store.consumer import EventStoreConsumer
 
-    _, stats = await _run_worker(settings, args, "tracker-event-store", EventStoreConsumer)
+    def make(s: Settings) -> EventStoreConsumer:
+        if not args.inline_projection:
+            return EventStoreConsumer(s)
+        from projections.inline import InlineFrames
+
+        return EventStoreConsumer(s, inline=InlineFrames())
+
+    _, stats = await _run_worker(settings, args, "tracker-event-store", make)
     counts = ("records", "stored", "duplicates", "dead_lettered", "flagged", "batches")
     return emit(
         args,

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 from tracker.domain import STAGE_EVENT_TYPES
 from tracker.events import from_micros
 from tracker.store.lifecycle import TERMINAL, flag_batch
-from tracker.store.ports import AppendResult, EventRow, EventStore, StoredTerminals
+from tracker.store.ports import AppendResult, EventRow, EventStore, InlineStep, StoredTerminals
 
 T = TypeVar("T")
 
@@ -38,11 +38,13 @@ async def store_batch(
     batch: DecodedRows,
     *,
     run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] = _direct,
+    inline: InlineStep | None = None,
 ) -> tuple[AppendResult, list[dict[str, Any]]]:
     """The event store's steps for one decoded batch: partitions, lifecycle
     flags against stored terminal events, idempotent append.
 
-    ``run`` wraps each step (the consumer pauses fetching and retries there).
+    ``run`` wraps each step (the consumer pauses fetching and retries there);
+    ``inline`` runs inside the append's transaction (an inline projection).
     Returns the append result and the records flagged as lifecycle violations.
     """
     good = batch.good
@@ -63,5 +65,5 @@ async def store_batch(
     for i, rec in enumerate(good):
         if rec.get("lifecycle_flag"):
             rows[i] = (*rows[i][:-1], rec["lifecycle_flag"])
-    result = await run(lambda: store.append(rows))
+    result = await run(lambda: store.append(rows, inline=inline))
     return result, [r for r in good if r.get("lifecycle_flag")]

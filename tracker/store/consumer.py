@@ -42,7 +42,7 @@ from tracker.errors import (
 )
 from tracker.runtime import KafkaWorker, WorkerStats
 from tracker.store.batch import store_batch
-from tracker.store.ports import DeadLetterSink, EventStore
+from tracker.store.ports import DeadLetterSink, EventStore, InlineProjection, InlineStep
 from tracker.store.postgres import PostgresEventStore, message_to_row
 from tracker.telemetry import get_tracer, header, parse_traceparent, remote_span_context
 
@@ -97,6 +97,8 @@ class _Prepared:
     offsets: dict[TopicPartition, OffsetAndMetadata]
     records: int
     decoded: DecodedBatch
+    # The inline projection's fold of ``decoded`` (None without one).
+    projection: Any = None
 
 
 class EventStoreConsumer(KafkaWorker[_Prepared]):
@@ -115,6 +117,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         codec: FrameEventCodec | None = None,
         group_id: str | None = None,
         on_batch: Callable[[ConsumerStats], None] | None = None,
+        inline: InlineProjection | None = None,
     ) -> None:
         super().__init__(settings, group_id=group_id or settings.event_store_group)
         self.codec = codec or FrameEventCodec()
@@ -123,6 +126,8 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         self._tracer = get_tracer("tracker.store.consumer")
         self._store: EventStore | None = None
         self._dlq: DeadLetterSink | None = None
+        # An inline projection is kept in each append's transaction.
+        self.inline = inline
 
     @property
     def topics_to_ensure(self) -> list[str]:
@@ -137,6 +142,8 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         await dlq.start()
         stack.push_async_callback(lambda: asyncio.shield(dlq.stop()))
         self._dlq = dlq
+        if self.inline is not None:
+            await self.inline.open(self.pool)
         # Known label sets start at zero, so rate() sees the first dead letter.
         for topic in self.settings.event_topics:
             for cls in (FramingError, UnknownSchemaError, BodyError, ValidationError):
@@ -149,12 +156,15 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         return metrics.consumer_lag, (self.group_id, tp.topic, str(tp.partition))
 
     def prepare(self, batch: dict[TopicPartition, list[Any]]) -> _Prepared:
-        """The CPU part of a batch: decoding and validation."""
+        """The CPU part of a batch: decoding and validation (and the inline projection's fold)."""
+        decoded = decode_batch(self.codec, (m for msgs in batch.values() for m in msgs))
+        inline = self.inline
         return _Prepared(
             batch=batch,
             offsets={tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()},
             records=sum(len(msgs) for msgs in batch.values()),
-            decoded=decode_batch(self.codec, (m for msgs in batch.values() for m in msgs)),
+            decoded=decoded,
+            projection=inline.prepare(decoded.good, decoded.rows) if inline and decoded.good else None,
         )
 
     async def write(self, prepared: _Prepared) -> int:
@@ -191,7 +201,10 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
             if dead:
                 await self._retry_kafka(lambda: dlq.send_all(dead))
             if decoded.good:
-                result, flagged = await store_batch(store, decoded, run=self.durable)
+                step = None
+                if self.inline is not None:
+                    step = self._inline_step(prepared.projection, offsets, consumer.assignment())
+                result, flagged = await store_batch(store, decoded, run=self.durable, inline=step)
                 if flagged:
                     self.stats.flagged += len(flagged)
                     for rec in flagged:
@@ -225,6 +238,15 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         if self._on_batch:
             self._on_batch(self.stats)
         return n
+
+    def _inline_step(
+        self, fold: Any, offsets: dict[TopicPartition, OffsetAndMetadata], assigned: Any
+    ) -> InlineStep:
+        """The inline projection's write, with checkpoints for the partitions still ours."""
+        inline = self.inline
+        assert inline is not None
+        positions = {(tp.topic, tp.partition): om.offset for tp, om in offsets.items() if tp in assigned}
+        return lambda conn: inline.apply(conn, fold, positions)
 
     async def _retry_kafka(self, fn: Callable[[], Any]) -> None:
         async for attempt in AsyncRetrying(

@@ -24,6 +24,7 @@ from tracker.store.ports import (
     DeadLetterSink,
     EventRow,
     EventStore,
+    InlineStep,
     InsertedRow,
     SourceRecord,
     StoredTerminals,
@@ -58,15 +59,19 @@ class InMemoryEventStore(EventStore):
                 )
         return out
 
-    async def append(self, rows: Sequence[EventRow]) -> AppendResult:
+    async def append(self, rows: Sequence[EventRow], *, inline: InlineStep | None = None) -> AppendResult:
         # Every row is checked before any is stored: the append is one transaction.
         keyed = [(self._key(_named(row)), row) for row in rows]
+        added: dict[tuple[uuid.UUID, datetime], EventRow] = {}
         inserted: list[InsertedRow] = []
         for key, row in keyed:
-            if key not in self.rows:
-                self.rows[key] = row
+            if key not in self.rows and key not in added:
+                added[key] = row
                 r = _named(row)
                 inserted.append({name: r[name] for name in INSERTED_FIELDS})
+        if inline is not None:
+            await inline(None)  # raises: nothing is stored, as a rolled-back transaction
+        self.rows.update(added)
         return AppendResult(inserted, len(rows) - len(inserted))
 
     def _key(self, row: dict[str, Any]) -> tuple[uuid.UUID, datetime]:

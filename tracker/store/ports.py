@@ -12,7 +12,7 @@ Nothing here does I/O or imports a driver.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -97,9 +97,41 @@ class EventStore(ABC):
         """Terminal events already stored for these frames, of those captured in [first, last]."""
 
     @abstractmethod
-    async def append(self, rows: Sequence[EventRow]) -> AppendResult:
+    async def append(self, rows: Sequence[EventRow], *, inline: InlineStep | None = None) -> AppendResult:
         """Store the rows in one transaction, all or none; already-stored events
-        (a redelivery, or twice in ``rows``) are skipped and counted as duplicates."""
+        (a redelivery, or twice in ``rows``) are skipped and counted as duplicates.
+
+        ``inline`` runs inside that transaction, after the rows are in (with the
+        transaction's connection; ``None`` for a store without one): what it
+        writes commits with the rows or not at all."""
+
+
+#: A step an append runs inside its transaction, given the transaction's connection.
+InlineStep = Callable[[Any], Awaitable[None]]
+
+
+class InlineProjection(ABC):
+    """A read model kept in the event store's own transaction (an *inline projection*).
+
+    The event-store consumer then fetches, decodes and commits each event once
+    for both the store and the read model: :meth:`prepare` folds a decoded batch
+    (CPU only, while the previous batch is written), :meth:`apply` writes the
+    fold and the read model's checkpoints with the append. Re-applying a batch
+    (a redelivery) must change nothing: the fold is idempotent on event ids.
+    """
+
+    @abstractmethod
+    async def open(self, pool: Any) -> None:
+        """Once, when the consumer has started: the consumer's database pool."""
+
+    @abstractmethod
+    def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> Any:
+        """Fold the batch's valid records (``rows`` are their ``frame_events`` rows, index for index)."""
+
+    @abstractmethod
+    async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
+        """Inside the append's transaction: write the fold into the live read model
+        and move its checkpoints to ``positions`` (the next offset per partition)."""
 
 
 # -- The dead-letter sink -----------------------------------------------------

@@ -17,7 +17,15 @@ import asyncpg
 from tracker.adapters.postgres import call_db
 from tracker.events import from_micros
 from tracker.store.lifecycle import TERMINAL
-from tracker.store.ports import COLUMNS, INSERTED_FIELDS, AppendResult, EventRow, EventStore, StoredTerminals
+from tracker.store.ports import (
+    COLUMNS,
+    INSERTED_FIELDS,
+    AppendResult,
+    EventRow,
+    EventStore,
+    InlineStep,
+    StoredTerminals,
+)
 
 _COLS = ", ".join(f'"{c}"' for c in COLUMNS)
 
@@ -135,8 +143,9 @@ class PostgresEventStore(EventStore):
             )
         return out
 
-    async def append(self, rows: Sequence[EventRow]) -> AppendResult:
-        """Append rows in one transaction; already-stored event ids are skipped."""
+    async def append(self, rows: Sequence[EventRow], *, inline: InlineStep | None = None) -> AppendResult:
+        """Append rows in one transaction; already-stored event ids are skipped.
+        ``inline`` runs in that transaction after the rows are in."""
         if not rows:
             return AppendResult([], 0)
 
@@ -147,7 +156,10 @@ class PostgresEventStore(EventStore):
                     # session has no temporary table yet).
                     await conn.execute(_CREATE_STAGING)
                     await conn.copy_records_to_table("frame_events_staging", records=rows, columns=COLUMNS)
-                    return await conn.fetch(_MOVE_STAGED)
+                    inserted = await conn.fetch(_MOVE_STAGED)
+                    if inline is not None:
+                        await inline(conn)
+                    return inserted
 
         inserted = await call_db(run)
         return AppendResult(inserted, len(rows) - len(inserted))

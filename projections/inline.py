@@ -1,0 +1,99 @@
+"""The ``frames`` projection kept inline: in the event store's own transaction.
+
+With ``tracker consume --inline-projection`` the event-store consumer folds
+each decoded batch and writes the fold, with the projection's checkpoints, in
+the transaction that appends the batch to ``frame_events``: one fetch, one
+decode and one commit per event for both, instead of a second consumer group
+that fetches and decodes everything again. A batch is appended and projected
+together or not at all.
+
+- The fold goes into whatever generation is live when the batch commits
+  (read ``FOR SHARE``: a rebuild's swap waits for the batch, and the next batch
+  sees the swap). A rebuild's swap catches its new generation up to the live
+  checkpoints under that lock, so nothing committed before the swap is missed.
+- Checkpoints only move forward (``greatest``): they say how far the live
+  generation has got, which is what a rebuild compares itself with.
+- A redelivered batch is folded again; the fold is idempotent on event ids,
+  so it changes nothing.
+
+Run either the inline projection or ``tracker project`` for the live
+generation, not both: the projection worker's checkpoint guard would see the
+inline writer as a second owner of its partitions and keep re-seeking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from projections.fold import BatchFold, ProjEvent
+from projections.statements import PROJECTION, SELECT_LIVE_GENERATION_FOR_SHARE
+from projections.store import FramesProjectionStore
+from tracker.errors import TrackerError
+from tracker.store.ports import EventRow, InlineProjection
+
+# The live generation's checkpoints, moved forward only.
+ADVANCE_CHECKPOINTS = (
+    'INSERT INTO projection_checkpoints AS c (projection, generation, topic, "partition", next_offset) '
+    "SELECT $1, $2, t, p, o FROM unnest($3::text[], $4::int[], $5::bigint[]) AS k(t, p, o) "
+    'ON CONFLICT (projection, generation, topic, "partition") '
+    "DO UPDATE SET next_offset = greatest(c.next_offset, EXCLUDED.next_offset), updated_at = now()"
+)
+
+
+def events_of(records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> list[ProjEvent]:
+    """The fold's events from decoded records and their ``frame_events`` rows
+    (whose timestamps are already converted and whose trace id is parsed)."""
+    out = []
+    for rec, row in zip(records, rows, strict=True):
+        out.append(
+            ProjEvent(
+                event_id=row[0],
+                event_type=row[1],
+                frame_id=row[2],
+                camera_id=row[3],
+                frame_timestamp=row[4],
+                occurred_at=row[5],
+                stage=row[7],
+                attempt=row[8],
+                duration_ms=row[9],
+                error_type=row[10],
+                error_message=row[11],
+                attributes=rec.get("attributes") or {},
+                trace_id=row[13],
+            )
+        )
+    return out
+
+
+class InlineFrames(InlineProjection):
+    """:class:`InlineProjection` of the ``frames`` projection on PostgreSQL."""
+
+    def __init__(self) -> None:
+        self._store: FramesProjectionStore | None = None
+
+    async def open(self, pool: asyncpg.Pool) -> None:
+        self._store = FramesProjectionStore(pool)
+
+    def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> BatchFold:
+        return BatchFold().extend(events_of(records, rows))
+
+    async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
+        fold: BatchFold = prepared
+        generation = int(await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION))
+        if fold.frames:
+            if self._store is None:
+                raise TrackerError("InlineFrames is not open: the consumer opens it when it starts")
+            await self._store.write_fold(conn, generation, fold)
+        if positions:
+            keys = sorted(positions)
+            await conn.execute(
+                ADVANCE_CHECKPOINTS,
+                PROJECTION,
+                generation,
+                [t for t, _ in keys],
+                [p for _, p in keys],
+                [positions[k] for k in keys],
+            )
