@@ -114,8 +114,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
     spread = result.get("spread", {})
     names = [
         "limit_consume_eps", "limit_decode_eps", "limit_copy_rows_s", "naive_eps",
-        "peer_quix_eps", "peer_connect_eps",
-        "store_eps", "project_eps", "pipeline_eps", "replay_topics_eps", "replay_store_eps",
+        "naive_commit_each_eps", "peer_quix_eps", "peer_connect_eps",
+        "store_eps", "project_eps", "two_groups_eps", "pipeline_eps", "replay_topics_eps", "replay_store_eps",
     ]  # fmt: skip
     names = [n for n in names if result.get(n)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
@@ -128,9 +128,12 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
             return "#999999"
         if name.startswith("replay_"):
             return "#66aa77"
-        return {"naive_eps": "#cc6666", "peer_quix_eps": "#cc9966", "peer_connect_eps": "#cc9966"}.get(
-            name, "#4477aa"
-        )
+        return {
+            "naive_eps": "#cc6666",
+            "naive_commit_each_eps": "#cc6666",
+            "peer_quix_eps": "#cc9966",
+            "peer_connect_eps": "#cc9966",
+        }.get(name, "#4477aa")
 
     ax1.barh(names, vals, xerr=[lo, hi], color=[color(n) for n in names])
     ax1.axvline(30000, color="black", linestyle="--", linewidth=1)

@@ -149,23 +149,21 @@ class Bench:
     def tracker_workers(
         self, s: Settings, mode: str, *, until_idle: bool = True
     ) -> tuple[list[Worker], list[str]]:
-        """``tracker consume`` (mode store), ``tracker project`` (project) or both
-        (pipeline), and the groups whose progress says how far they are."""
+        """The workers of ``mode`` and the groups whose progress says how far they are:
+        ``store`` (``tracker consume``), ``project`` (``tracker project``),
+        ``two_groups`` (both), ``pipeline`` (``tracker consume --inline-projection``)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
         extra = ["--until-idle"] if until_idle else []
         ws, groups = [], []
-        if mode in ("store", "pipeline"):
-            ws.append(
-                self.stack.worker(
-                    "consume", tracker_argv("consume", *extra, "--metrics-port", "0"), worker_env(s)
-                )
-            )
+        if mode in ("store", "two_groups", "pipeline"):
+            inline = ["--inline-projection"] if mode == "pipeline" else []
+            argv = tracker_argv("consume", *inline, *extra, "--metrics-port", "0")
+            ws.append(self.stack.worker("consume", argv, worker_env(s)))
             groups.append(s.event_store_group)
-        if mode in ("project", "pipeline"):
-            ws.append(
-                self.stack.worker(
-                    "project", tracker_argv("project", *extra, "--metrics-port", "0"), worker_env(s)
-                )
-            )
+        if mode in ("project", "two_groups"):
+            argv = tracker_argv("project", *extra, "--metrics-port", "0")
+            ws.append(self.stack.worker("project", argv, worker_env(s)))
             groups.append(s.projections_group)
         return ws, groups
 
@@ -177,9 +175,9 @@ class Bench:
             rate, info = p.rate()
             conn = await asyncpg.connect(s.database_url.get())
             try:
-                if mode in ("store", "pipeline"):
+                if mode in STORES:
                     info["stored_events"] = int(await conn.fetchval("SELECT count(*) FROM frame_events"))
-                if mode in ("project", "pipeline"):
+                if mode in PROJECTS:
                     info["projected_frames"] = int(await conn.fetchval("SELECT count(*) FROM frame_metadata"))
             finally:
                 await conn.close()
@@ -208,6 +206,12 @@ class Bench:
         for k in DERIVED:
             self.notes.pop(k, None)
         self.notes.update(derive(self.figures, self.details))
+
+
+#: What the ingest modes run (see :meth:`Bench.tracker_workers`).
+MODES = ("store", "project", "two_groups", "pipeline")
+STORES = ("store", "two_groups", "pipeline")
+PROJECTS = ("project", "two_groups", "pipeline")
 
 
 def _thin(p: Progress, n: int = 60) -> list[tuple[float, int]]:

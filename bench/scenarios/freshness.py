@@ -1,6 +1,7 @@
-"""freshness: both workers running live while a separate process offers a
-steady load (``bench.loadgen``); the latency from a probed frame's first record
-sent to its row visible in ``frame_metadata``."""
+"""freshness: the pipeline (``tracker consume --inline-projection``) running
+live while a separate process offers a steady load (``bench.loadgen``); the
+latency from a probed frame's first record sent to its row visible in
+``frame_metadata``."""
 
 from __future__ import annotations
 

@@ -1,14 +1,26 @@
-"""ingest: ``tracker consume`` alone, ``tracker project`` alone and both
-together drain the pre-loaded records, as processes, into a fresh database per
-run (the ratios against the other scenarios' figures are derived at the end)."""
+"""ingest: the pre-loaded records drained, as processes, into a fresh database
+per run by ``tracker consume`` alone (store), ``tracker project`` alone
+(project), both groups together (two_groups), and ``tracker consume
+--inline-projection`` (pipeline: stored and projected by one group). The CPU of
+each component (worker processes, PostgreSQL, the broker) per event is kept for
+the two ways of running the whole pipeline; the ratios against the other
+scenarios' figures are derived at the end."""
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Any
 
 from bench.infra import log
-from bench.scenarios.context import Bench
+from bench.scenarios.context import MODES, Bench
 from bench.scenarios.registry import scenario
+
+KEY = {
+    "store": "store_eps",
+    "project": "project_eps",
+    "two_groups": "two_groups_eps",
+    "pipeline": "pipeline_eps",
+}
 
 
 @scenario("ingest", needs_source=True)
@@ -16,20 +28,36 @@ async def ingest(b: Bench) -> None:
     assert b.src is not None
     runs: list[dict[str, Any]] = []
     for rep in range(b.scale.reps):
-        for mode in ("store", "project", "pipeline"):
+        for mode in MODES:
             r = await b.drain(b.src, mode, f"ingest-{mode}")
             r["rep"] = rep
             runs.append(r)
             log(f"ingest {mode} rep {rep + 1}: {r['rate']:,.0f} events/s")
-    for mode in ("store", "project", "pipeline"):
-        b.put(f"{mode}_eps", [r["rate"] for r in runs if r["mode"] == mode], 0)
+    for mode in MODES:
+        b.put(KEY[mode], [r["rate"] for r in runs if r["mode"] == mode], 0)
     for mode, worker in (("store", "consume"), ("project", "project")):
         cpu = [r["workers"][worker]["cpu_us_per_event"] for r in runs if r["mode"] == mode]
         b.put(f"{mode}_cpu_us_per_event", cpu, 1)
+    components = {}
+    for mode in ("two_groups", "pipeline"):
+        mine = [r for r in runs if r["mode"] == mode]
+        parts = {
+            f"{mode}_cpu_us_{w}": [r["workers"][w]["cpu_us_per_event"] for r in mine]
+            for w in mine[0]["workers"]
+        }
+        parts[f"{mode}_cpu_us_postgres"] = [1e6 * r["machine"]["postgres_cpu_s"] / b.src.events for r in mine]
+        parts[f"{mode}_cpu_us_broker"] = [1e6 * r["machine"]["kafka_cpu_s"] / b.src.events for r in mine]
+        for k, vals in parts.items():
+            b.put(k, vals, 1)
+        components[mode] = {k: round(median(v), 1) for k, v in parts.items()}
+        log(f"ingest {mode} CPU per event: " + ", ".join(f"{k} {v} us" for k, v in components[mode].items()))
     b.detail("ingest").update(
         records=b.src.events,
         runs=runs,
+        cpu_us_per_event=components,
         method="workers as processes (tracker consume/project --until-idle, production settings), fresh "
         "database and groups per run; rate = records committed between the first and the last offset "
-        "commit seen (polled every 0.1 s) over that interval; process start-up and group join excluded",
+        "commit seen (polled every 0.1 s) over that interval; process start-up and group join excluded; "
+        "CPU per event = CPU seconds of each process (PostgreSQL: all its processes; broker: the Kafka "
+        "JVM) over the run / records",
     )

@@ -14,18 +14,24 @@ async def memory(b: Bench) -> None:
     d = b.detail("memory")
     per: dict[str, dict[str, float]] = {}
     runs = []
-    # The large backlog is the ingest scenario's: its pipeline runs drain the
-    # same 1M records with the same workers and already sample their RSS.
-    reused = [r for r in b.details.get("ingest", {}).get("runs", []) if r["mode"] == "pipeline"]
+    # The large backlog is the ingest scenario's: its two_groups and pipeline runs
+    # drain the same 1M records with the same workers and already sample their RSS.
+    modes = ("two_groups", "pipeline")
+    reused = [r for r in b.details.get("ingest", {}).get("runs", []) if r["mode"] in modes]
     for label, src in (("small", b.srcq), ("large", b.src)):
         if label == "large" and reused:
             batch = [{**r, "from": "ingest"} for r in reused]
         else:
-            batch = [await b.drain(src, "pipeline", f"memory-{label}") for _ in range(b.scale.memory_reps)]
+            batch = [
+                await b.drain(src, mode, f"memory-{label}-{mode}")
+                for mode in modes
+                for _ in range(b.scale.memory_reps)
+            ]
         for r in batch:
             r = {**r, "backlog": label, "backlog_events": src.events}
             runs.append(r)
             for name, w in r["workers"].items():
+                name = f"{name} ({r['mode']})"
                 per.setdefault(label, {})[name] = max(per.get(label, {}).get(name, 0.0), w["rss_mb_max"])
         log(
             f"memory {label} backlog ({src.events:,}): "
