@@ -151,15 +151,19 @@ class Bench:
     ) -> tuple[list[Worker], list[str]]:
         """The workers of ``mode`` and the groups whose progress says how far they are:
         ``store`` (``tracker consume``), ``project`` (``tracker project``),
-        ``two_groups`` (both), ``pipeline`` (``tracker consume --inline-projection``)."""
+        ``two_groups`` (both), ``pipeline`` (``tracker consume --inline-projection``),
+        ``pipeline_2w`` (two of those in one group: a worker per core)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         extra = ["--until-idle"] if until_idle else []
         ws, groups = [], []
-        if mode in ("store", "two_groups", "pipeline"):
-            inline = ["--inline-projection"] if mode == "pipeline" else []
+        if mode in STORES:
+            inline = ["--inline-projection"] if mode.startswith("pipeline") else []
             argv = tracker_argv("consume", *inline, *extra, "--metrics-port", "0")
-            ws.append(self.stack.worker("consume", argv, worker_env(s)))
+            n = 2 if mode == "pipeline_2w" else 1
+            for i in range(n):
+                name = f"consume-{i + 1}" if n > 1 else "consume"
+                ws.append(self.stack.worker(name, argv, worker_env(s)))
             groups.append(s.event_store_group)
         if mode in ("project", "two_groups"):
             argv = tracker_argv("project", *extra, "--metrics-port", "0")
@@ -209,9 +213,9 @@ class Bench:
 
 
 #: What the ingest modes run (see :meth:`Bench.tracker_workers`).
-MODES = ("store", "project", "two_groups", "pipeline")
-STORES = ("store", "two_groups", "pipeline")
-PROJECTS = ("project", "two_groups", "pipeline")
+MODES = ("store", "project", "two_groups", "pipeline", "pipeline_2w")
+STORES = ("store", "two_groups", "pipeline", "pipeline_2w")
+PROJECTS = ("project", "two_groups", "pipeline", "pipeline_2w")
 
 
 def _thin(p: Progress, n: int = 60) -> list[tuple[float, int]]:

@@ -31,6 +31,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "pipeline_eps", "events/s", "ingest", ">= 30000", "stored and projected: consume --inline-projection"
     ),
+    Key("pipeline_2w_eps", "events/s", "ingest", note="the same, two workers in the group (one per core)"),
     Key("ratio_vs_naive", "x", "ingest", ">= 10", "pipeline_eps / naive_eps"),
     Key("ratio_vs_limit", "x", "ingest", ">= 0.5", "pipeline_eps / min(limits)"),
     Key("store_vs_quix", "x", "ingest", ">= 3", "store_eps / peer_quix_eps"),
@@ -42,6 +43,9 @@ KEYS: tuple[Key, ...] = (
     Key("pipeline_cpu_us_consume", "us", "ingest", note="pipeline: the one worker's CPU per event"),
     Key("pipeline_cpu_us_postgres", "us", "ingest", note="pipeline: PostgreSQL's CPU per event"),
     Key("pipeline_cpu_us_broker", "us", "ingest", note="pipeline: the broker's CPU per event"),
+    Key("pipeline_2w_cpu_us_consume", "us", "ingest", note="pipeline_2w: both workers' CPU per event"),
+    Key("pipeline_2w_cpu_us_postgres", "us", "ingest", note="pipeline_2w: PostgreSQL's CPU per event"),
+    Key("pipeline_2w_cpu_us_broker", "us", "ingest", note="pipeline_2w: the broker's CPU per event"),
     Key("two_groups_cpu_us_consume", "us", "ingest", note="two groups: the event-store consumer"),
     Key("two_groups_cpu_us_project", "us", "ingest", note="two groups: the projection worker"),
     Key("two_groups_cpu_us_postgres", "us", "ingest", note="two groups: PostgreSQL"),

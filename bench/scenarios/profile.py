@@ -19,12 +19,15 @@ async def profile(b: Bench) -> None:
     out_dir = b.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     d = b.detail("profile")
-    for name in ("consume", "project", "replay"):
+    for name in ("consume", "project", "pipeline", "replay"):
         async with b.stack.scratch(f"profile-{name}", topic_prefix=b.src.prefix) as s:
             raw = out_dir / f"profile-{name}.collapsed"
             if name == "replay":
                 argv = tracker_argv("replay", "--source", "topics", "--json")
                 groups: list[str] = []
+            elif name == "pipeline":
+                argv = tracker_argv("consume", "--inline-projection", "--until-idle", "--metrics-port", "0")
+                groups = [s.event_store_group]
             else:
                 argv = tracker_argv(name, "--until-idle", "--metrics-port", "0")
                 groups = [s.event_store_group if name == "consume" else s.projections_group]
