@@ -37,7 +37,7 @@ def plan(
     traces = TraceIds(cfg.seed)
     items = []
     for t, event in plan_events(cfg):
-        topic = settings.camera_topic if event.source == ev.CAMERA else settings.processing_topic
+        topic = settings.topics.camera if event.source == ev.CAMERA else settings.topics.processing
         probe = event.frame_id if isinstance(event, ev.FrameCaptured) else None
         items.append((t, topic, event.frame_id.encode(), codec.encode(event), traces.headers(event), probe))
     return items
@@ -54,7 +54,7 @@ async def run(
         cameras=cameras, fps=fps, duration_s=duration, seed=seed, realtime=False, start=start
     )
     items = plan(settings, cfg)
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     frames = 0
     out = sys.stdout

@@ -36,11 +36,11 @@ INSERT = (
 
 async def run(settings: Settings, limit: int, commit: str = "auto") -> dict[str, float]:
     codec = FrameEventCodec()
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     consumer = AIOKafkaConsumer(
-        *settings.event_topics,
-        **client_kwargs(settings),
-        group_id=settings.event_store_group,
+        *settings.topics.events,
+        **client_kwargs(settings.kafka),
+        group_id=settings.groups.event_store,
         enable_auto_commit=commit == "auto",
         auto_offset_reset="earliest",
     )

@@ -134,12 +134,12 @@ def _payload(row: tuple[Any, ...]) -> dict[str, Any]:
 
 async def json_copy(settings: Settings, limit: int, targets: dict[str, str]) -> None:
     """The first ``limit`` records of the event topics, as finished rows in JSON, into ``targets``."""
-    tps = await topic_partitions(settings, settings.event_topics)
-    await ensure_topics(settings, list(targets.values()))
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
+    await ensure_topics(settings.kafka, settings.topics, list(targets.values()))
     ends = {}
-    consumer = make_consumer(settings, group_id=None, enable_auto_commit=False)
+    consumer = make_consumer(settings.kafka, group_id=None, enable_auto_commit=False)
     await consumer.start()
-    producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=20, max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), linger_ms=20, max_batch_size=512 * 1024)
     await producer.start()
     codec = FrameEventCodec()
     try:
@@ -207,7 +207,7 @@ async def count_rows(dsn: str) -> int:
 
 async def held(settings: Settings, topics: list[str]) -> int:
     """Records in ``topics`` (0 when they do not exist)."""
-    admin = make_admin(settings)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -215,8 +215,8 @@ async def held(settings: Settings, topics: list[str]) -> int:
         await admin.close()
     if not set(topics) <= existing:
         return 0
-    tps = await topic_partitions(settings, topics)
-    consumer = make_consumer(settings, group_id=None)
+    tps = await topic_partitions(settings.kafka, topics)
+    consumer = make_consumer(settings.kafka, group_id=None)
     await consumer.start()
     try:
         return sum((await consumer.end_offsets(tps)).values())
@@ -226,7 +226,7 @@ async def held(settings: Settings, topics: list[str]) -> int:
 
 async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float) -> dict[str, Any]:
     lib, plugins = await asyncio.to_thread(ensure_libs)
-    targets = {t: f"{json_prefix}.{t.rsplit('.', 1)[-1]}" for t in settings.event_topics}
+    targets = {t: f"{json_prefix}.{t.rsplit('.', 1)[-1]}" for t in settings.topics.events}
     t_copy = time.perf_counter()
     have = await held(settings, list(targets.values()))
     if have == 0:
@@ -234,15 +234,15 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
     elif have != limit:
         raise RuntimeError(f"{json_prefix}.* hold {have} records, not {limit}: use another --json-prefix")
     copy_s = time.perf_counter() - t_copy
-    db = urlsplit(settings.database_url.get())
+    db = urlsplit(settings.database.url.get())
     jdbc = f"jdbc:postgresql://{db.hostname}:{db.port or 5432}{db.path}?stringtype=unspecified"
-    name = f"bench-jdbc-sink-{settings.group_prefix}"
+    name = f"bench-jdbc-sink-{settings.groups.prefix}"
     work = Path(tempfile.mkdtemp(prefix="bench-connect-"))
     port = _free_port()
     (work / "worker.properties").write_text(
         "\n".join(
             [
-                f"bootstrap.servers={settings.kafka_bootstrap}",
+                f"bootstrap.servers={settings.kafka.bootstrap}",
                 "key.converter=org.apache.kafka.connect.converters.ByteArrayConverter",
                 "value.converter=org.apache.kafka.connect.json.JsonConverter",
                 "value.converter.schemas.enable=true",
@@ -288,7 +288,7 @@ async def run(settings: Settings, limit: int, json_prefix: str, timeout_s: float
     assert me is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=sys.stderr, stderr=sys.stderr)
-    dsn = settings.database_url.get()
+    dsn = settings.database.url.get()
     first_t: float | None = None
     first_n = 0
     last_status = 0.0

@@ -84,7 +84,7 @@ def main() -> None:
             with self._client.cursor() as cursor:
                 execute_values(cursor, query, values)
 
-    db = urlsplit(settings.database_url.get())
+    db = urlsplit(settings.database.url.get())
     sink = FixedColumnsSink(
         host=db.hostname or "127.0.0.1",
         port=db.port or 5432,
@@ -97,14 +97,14 @@ def main() -> None:
         on_conflict_do_nothing=True,
     )
     app = Application(
-        broker_address=settings.kafka_bootstrap,
-        consumer_group=settings.event_store_group,
+        broker_address=settings.kafka.bootstrap,
+        consumer_group=settings.groups.event_store,
         auto_offset_reset="earliest",
         loglevel="WARNING",
         auto_create_topics=False,
     )
     deser = FrameEventDeserializer()
-    for topic in settings.event_topics:
+    for topic in settings.topics.events:
         sdf = app.dataframe(app.topic(topic, value_deserializer=deser, key_deserializer="bytes"))
         sdf = sdf.apply(to_row)
         sdf.sink(sink)

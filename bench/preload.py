@@ -51,7 +51,7 @@ class BatchingSink:
         self.events = 0
 
     async def publish(self, event: ev.FrameEvent) -> None:
-        topic = self.settings.camera_topic if event.source == ev.CAMERA else self.settings.processing_topic
+        topic = self.settings.topics.camera if event.source == ev.CAMERA else self.settings.topics.processing
         key = event.frame_id.encode()
         p = self.partitioner(key, self.parts, self.parts)
         value = self.codec.encode(event)
@@ -84,7 +84,7 @@ class BatchingSink:
 
 def make_bulk_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        **client_kwargs(settings),
+        **client_kwargs(settings.kafka),
         acks="all",
         enable_idempotence=True,
         max_batch_size=1024 * 1024,

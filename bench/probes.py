@@ -29,8 +29,8 @@ async def read_all(settings: Settings, *, keep: bool) -> tuple[int, float, list[
     """Read every record of the event topics once (no group), as the consumer
     would fetch them. Returns (records, seconds from the first fetch to the last
     record, kept (value, topic, partition, offset, traceparent) tuples)."""
-    tps = await topic_partitions(settings, settings.event_topics)
-    consumer = make_consumer(settings, group_id=None, max_poll_records=settings.batch_max_records)
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
+    consumer = make_consumer(settings.kafka, group_id=None, max_poll_records=settings.batch.max_records)
     await consumer.start()
     kept: list[Any] = []
     n = 0
@@ -41,7 +41,7 @@ async def read_all(settings: Settings, *, keep: bool) -> tuple[int, float, list[
         total = sum(ends.values())
         t0 = time.perf_counter()
         while n < total:
-            batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch_max_records)
+            batch = await consumer.getmany(timeout_ms=500, max_records=settings.batch.max_records)
             for msgs in batch.values():
                 n += len(msgs)
                 if keep:
@@ -77,7 +77,7 @@ def build_rows(codec: FrameEventCodec, kept: list[Any]) -> list[tuple[Any, ...]]
 
 async def ensure_days(settings: Settings, rows: list[tuple[Any, ...]]) -> None:
     days = {r[4].date() for r in rows}
-    pool = await asyncpg.create_pool(settings.database_url.get(), min_size=1, max_size=1)
+    pool = await asyncpg.create_pool(settings.database.url.get(), min_size=1, max_size=1)
     try:
         store = PostgresEventStore(pool)
         await store.ensure_partitions({d + timedelta(days=i) for d in days for i in (-1, 0, 1)})
@@ -87,7 +87,7 @@ async def ensure_days(settings: Settings, rows: list[tuple[Any, ...]]) -> None:
 
 async def copy_rows(settings: Settings, rows: list[tuple[Any, ...]], chunk: int) -> float:
     """COPY rows into frame_events, ``chunk`` rows per COPY (each its own transaction)."""
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         t0 = time.perf_counter()
         for i in range(0, len(rows), chunk):
@@ -115,16 +115,16 @@ async def limits(settings: Settings, reps: int) -> dict[str, Any]:
     rows = build_rows(codec, kept)
     del kept
     await ensure_days(settings, rows)
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         for _ in range(reps):
             await conn.execute("TRUNCATE frame_events")
             gc.collect()
-            secs = await copy_rows(settings, rows, settings.batch_max_records)
+            secs = await copy_rows(settings, rows, settings.batch.max_records)
             out["copy"].append({"records": len(rows), "seconds": secs})
     finally:
         await conn.close()
-    out["copy_chunk_rows"] = settings.batch_max_records
+    out["copy_chunk_rows"] = settings.batch.max_records
     return out
 
 
@@ -135,7 +135,7 @@ async def load_store(settings: Settings) -> dict[str, Any]:
     del kept
     await ensure_days(settings, rows)
     secs = await copy_rows(settings, rows, 50_000)
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         await conn.execute("VACUUM ANALYZE frame_events")
     finally:

@@ -75,11 +75,11 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
     fp = codec.current.fingerprint
     traces = TraceIds(seed)
     part = DefaultPartitioner()
-    parts = list(range(settings.topic_partitions))
+    parts = list(range(settings.topics.partitions))
     offsets: dict[tuple[str, int], int] = {}
     rows, proj = [], []
     for _, e in plan_events(cfg):
-        topic = settings.camera_topic if e.source == ev.CAMERA else settings.processing_topic
+        topic = settings.topics.camera if e.source == ev.CAMERA else settings.topics.processing
         p = part(e.frame_id.encode(), parts, parts)
         off = offsets.get((topic, p), 0)
         offsets[(topic, p)] = off + 1
@@ -177,7 +177,7 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
     s = await _seed(settings, per_hour, seed, start)
     secs = time.monotonic() - t0
     log(f"queries: planned and folded a seed hour of {len(s['events']):,} events in {secs:.0f}s")
-    conn = await asyncpg.connect(settings.database_url.get(), command_timeout=None)
+    conn = await asyncpg.connect(settings.database.url.get(), command_timeout=None)
     info: dict[str, Any] = {"seed_events": len(s["events"]), "seed_frames": len(s["frames"]), "hours": HOURS}
     try:
         g = int(await conn.fetchval("SELECT generation FROM projection_state WHERE projection = 'frames'"))
@@ -253,7 +253,7 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         async def insert_hours(hours: list[int]) -> None:
             # One connection per lane: two lanes keep both of PostgreSQL's cores busy.
             nonlocal done
-            c2 = await asyncpg.connect(settings.database_url.get(), command_timeout=None)
+            c2 = await asyncpg.connect(settings.database.url.get(), command_timeout=None)
             try:
                 for k in hours:
                     for stmt in hour_statements(k):

@@ -56,7 +56,7 @@ async def drop_database(conn: asyncpg.Connection, name: str) -> None:
 
 
 def db_url(base: Settings, name: str) -> str:
-    parts = urlsplit(base.database_url.get())
+    parts = urlsplit(base.database.url.get())
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
@@ -105,7 +105,7 @@ class Stack:
     async def start(self) -> None:
         deadline = time.monotonic() + 60
         while True:  # the stack may be bouncing (other users' fault tests): wait a little
-            self.admin = AIOKafkaAdminClient(**client_kwargs(self.base), request_timeout_ms=15_000)
+            self.admin = AIOKafkaAdminClient(**client_kwargs(self.base.kafka), request_timeout_ms=15_000)
             try:
                 await self.admin.start()
                 break
@@ -113,7 +113,7 @@ class Stack:
                 await self.admin.close()
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"Kafka at {self.base.kafka_bootstrap} unreachable: run `make stack-up`"
+                        f"Kafka at {self.base.kafka.bootstrap} unreachable: run `make stack-up`"
                     ) from e
                 await asyncio.sleep(2.0)
         await self.services_fingerprint()  # and PostgreSQL (bounded wait)
@@ -144,7 +144,7 @@ class Stack:
         deadline = time.monotonic() + 120
         while True:
             try:
-                conn = await asyncpg.connect(self.base.database_url.get(), timeout=5)
+                conn = await asyncpg.connect(self.base.database.url.get(), timeout=5)
                 try:
                     pg = str(await conn.fetchval("SELECT pg_postmaster_start_time()"))
                 finally:
@@ -175,7 +175,7 @@ class Stack:
 
     # cleanup of dead runs --------------------------------------------------------
     async def drop_stale(self) -> None:
-        conn = await asyncpg.connect(self.base.database_url.get())
+        conn = await asyncpg.connect(self.base.database.url.get())
         try:
             names = [
                 r[0]
@@ -201,7 +201,7 @@ class Stack:
     async def drop_own(self) -> None:
         """Whatever of this run is still there (a drop that met an outage): databases and topics."""
         await self.services_fingerprint()  # waits (bounded) for PostgreSQL to be back
-        conn = await asyncpg.connect(self.base.database_url.get())
+        conn = await asyncpg.connect(self.base.database.url.get())
         try:
             for r in await conn.fetch(
                 "SELECT datname FROM pg_database WHERE datname LIKE $1",
@@ -245,10 +245,10 @@ class Stack:
     async def end_offsets_total(self, topics: Sequence[str]) -> int:
         from tracker.adapters.kafka import topic_partitions
 
-        tps = await topic_partitions(self.base, topics)
+        tps = await topic_partitions(self.base.kafka, topics)
         from aiokafka import AIOKafkaConsumer
 
-        c = AIOKafkaConsumer(**client_kwargs(self.base), group_id=None)
+        c = AIOKafkaConsumer(**client_kwargs(self.base.kafka), group_id=None)
         await c.start()
         try:
             ends = await c.end_offsets(tps)
@@ -288,7 +288,7 @@ class Stack:
         prefix's topics afterwards (the shared source topics are deleted at the end
         of the run instead)."""
         dbname = self.db_name(what)
-        admin = await asyncpg.connect(self.base.database_url.get())
+        admin = await asyncpg.connect(self.base.database.url.get())
         try:
             await admin.execute(f'CREATE DATABASE "{dbname}"')
         finally:
@@ -296,17 +296,17 @@ class Stack:
         prefix = topic_prefix or self.topic_prefix(self.name(what))
         settings = Settings.from_env(
             environ={},
-            kafka_bootstrap=self.base.kafka_bootstrap,
+            kafka_bootstrap=self.base.kafka.bootstrap,
             database_url=Secret(db_url(self.base, dbname)),
             topic_prefix=prefix,
             group_prefix=self.group_prefix(what),
-            topic_partitions=self.base.topic_partitions,
-            batch_max_records=self.base.batch_max_records,
-            batch_timeout_ms=self.base.batch_timeout_ms,
-            batch_linger_ms=self.base.batch_linger_ms,
+            topic_partitions=self.base.topics.partitions,
+            batch_max_records=self.base.batch.max_records,
+            batch_timeout_ms=self.base.batch.timeout_ms,
+            batch_linger_ms=self.base.batch.linger_ms,
         )
         try:
-            conn = await connect(settings)
+            conn = await connect(settings.database)
             try:
                 await migrate(conn)
             finally:
@@ -316,7 +316,7 @@ class Stack:
             # Clean-up trouble must not spoil a measurement already made: what is
             # left here, the run's final sweep (drop_own) removes.
             try:
-                admin = await asyncpg.connect(self.base.database_url.get())
+                admin = await asyncpg.connect(self.base.database.url.get())
                 try:
                     await drop_database(admin, dbname)
                 finally:
@@ -328,9 +328,7 @@ class Stack:
 
     def with_group(self, settings: Settings, what: str) -> Settings:
         """Same database and topics, a fresh group prefix (one per repetition)."""
-        from dataclasses import replace
-
-        return replace(settings, group_prefix=self.group_prefix(what))
+        return settings.with_overrides(group_prefix=self.group_prefix(what))
 
     # running workers -------------------------------------------------------------
     def worker(self, name: str, argv: list[str], env: dict[str, str]) -> Worker:

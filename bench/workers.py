@@ -51,14 +51,14 @@ def tracker_env(settings: Settings, **extra: str) -> dict[str, str]:
     without its own ``TRACKER_*`` variables, and ``settings`` as ``TRACKER_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
     env.update(
-        TRACKER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        TRACKER_DATABASE_URL=settings.database_url.get(),
-        TRACKER_TOPIC_PREFIX=settings.topic_prefix,
-        TRACKER_GROUP_PREFIX=settings.group_prefix,
-        TRACKER_TOPIC_PARTITIONS=str(settings.topic_partitions),
-        TRACKER_BATCH_MAX_RECORDS=str(settings.batch_max_records),
-        TRACKER_BATCH_TIMEOUT_MS=str(settings.batch_timeout_ms),
-        TRACKER_BATCH_LINGER_MS=str(settings.batch_linger_ms),
+        TRACKER_KAFKA_BOOTSTRAP=settings.kafka.bootstrap,
+        TRACKER_DATABASE_URL=settings.database.url.get(),
+        TRACKER_TOPIC_PREFIX=settings.topics.prefix,
+        TRACKER_GROUP_PREFIX=settings.groups.prefix,
+        TRACKER_TOPIC_PARTITIONS=str(settings.topics.partitions),
+        TRACKER_BATCH_MAX_RECORDS=str(settings.batch.max_records),
+        TRACKER_BATCH_TIMEOUT_MS=str(settings.batch.timeout_ms),
+        TRACKER_BATCH_LINGER_MS=str(settings.batch.linger_ms),
     )
     env.update(extra)
     return env

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.cameras, args.frames) < 1 or args.fail_every < 0:
         p.error("--cameras and --frames must be at least 1, --fail-every at least 0")
     settings = Settings.from_env()
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log.level, settings.log.format)
     setup_tracing("detektor-example")
     serve_metrics(args.metrics_port)
     try:

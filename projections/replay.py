@@ -89,8 +89,8 @@ class ProjectionRebuild:
 
     async def run(self) -> int:
         """Rebuild and swap; returns the new live generation."""
-        await ensure_topics(self.settings, self.settings.event_topics)
-        pool = await connect_pool(self.settings, min_size=1, max_size=3)
+        await ensure_topics(self.settings.kafka, self.settings.topics, self.settings.topics.events)
+        pool = await connect_pool(self.settings.database, min_size=1, max_size=3)
         try:
             store = FramesProjectionStore(pool)
             replay_id, gen, resumed = await self._begin(pool)
@@ -231,7 +231,7 @@ class ProjectionRebuild:
         positions: dict[tuple[str, int], tuple[int | None, int]] = {}
         for r in maxima:
             key = (r["topic"], r["partition"])
-            if r["topic"] not in self.settings.event_topics:
+            if r["topic"] not in self.settings.topics.events:
                 continue
             nxt = r["o"] + 1
             if live_cp is not None:
@@ -282,9 +282,9 @@ class ProjectionRebuild:
     ) -> int | None:
         """Fill ``gen`` from the topics, then swap it in; the generation it
         replaced (``None`` if a stop was requested first)."""
-        tps = await topic_partitions(self.settings, self.settings.event_topics)
+        tps = await topic_partitions(self.settings.kafka, self.settings.topics.events)
         consumer = make_consumer(
-            self.settings, group_id=None, role="replay", max_poll_records=self.batch_size
+            self.settings.kafka, group_id=None, role="replay", max_poll_records=self.batch_size
         )
         await consumer.start()
         try:

@@ -53,7 +53,7 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
     stats: ProjectionStats
 
     def __init__(self, settings: Settings, *, codec: FrameEventCodec | None = None) -> None:
-        super().__init__(settings, group_id=settings.projections_group)
+        super().__init__(settings, group_id=settings.groups.projections)
         self.codec = codec or FrameEventCodec()
         self.stats = ProjectionStats()
         self._store: FramesProjectionStore | None = None

@@ -1,8 +1,15 @@
-"""One frozen settings object, read once from ``TRACKER_*`` variables.
+"""Settings in groups that validate themselves, read once from ``TRACKER_*`` variables.
 
 Nothing else in the package reads the environment: entry points call
-:func:`Settings.from_env` and pass the object down. Every default points at the
+:func:`Settings.from_env` and pass the object down, and a function that needs
+only one group's fields takes that group (``settings.kafka`` to build a Kafka
+client, ``settings.database`` to open a pool). Every default points at the
 local stack that ``make stack-up`` starts, so commands work with no setup.
+
+Each field names its variable explicitly (``_env``); the same name without
+``TRACKER_``, lower-case, is the field's *flat name*, which
+:meth:`Settings.from_env` and :meth:`Settings.with_overrides` take as keyword
+overrides (``topic_prefix=``, ``batch_linger_ms=``, ``instance_id=``).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from tracker.errors import ConfigError
@@ -20,6 +27,10 @@ from tracker.errors import ConfigError
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:29092"
 DEFAULT_DATABASE_URL = "postgresql://tracker:tracker@127.0.0.1:25432/tracker"
 DEFAULT_TRACE_URL_TEMPLATE = "http://localhost:16686/trace/{trace_id}"
+
+_PREFIX = "TRACKER_"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_SSLMODES = ("", "disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class Secret:
@@ -61,155 +72,255 @@ def mask_url_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
 
 
-def _env_name(field_name: str) -> str:
-    return "TRACKER_" + field_name.upper()
+def _env(name: str) -> dict[str, str]:
+    """A field's metadata: the variable it is read from (its type is that of its default)."""
+    return {"env": name}
+
+
+class _Group:
+    """What every group does: check itself once built (so an invalid group never exists)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the variable of the first bad field."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings(_Group):
+    """Connecting to the brokers (security passed to aiokafka unchanged) and
+    this process's consumer-group membership."""
+
+    bootstrap: str = field(default=DEFAULT_KAFKA_BOOTSTRAP, metadata=_env("TRACKER_KAFKA_BOOTSTRAP"))
+    security_protocol: str = field(default="PLAINTEXT", metadata=_env("TRACKER_KAFKA_SECURITY_PROTOCOL"))
+    sasl_mechanism: str = field(default="", metadata=_env("TRACKER_KAFKA_SASL_MECHANISM"))
+    sasl_username: str = field(default="", metadata=_env("TRACKER_KAFKA_SASL_USERNAME"))
+    sasl_password: Secret = field(default=Secret(""), metadata=_env("TRACKER_KAFKA_SASL_PASSWORD"))
+    ssl_cafile: str = field(default="", metadata=_env("TRACKER_KAFKA_SSL_CAFILE"))
+    ssl_certfile: str = field(default="", metadata=_env("TRACKER_KAFKA_SSL_CERTFILE"))
+    ssl_keyfile: str = field(default="", metadata=_env("TRACKER_KAFKA_SSL_KEYFILE"))
+    session_timeout_ms: int = field(default=10_000, metadata=_env("TRACKER_KAFKA_SESSION_TIMEOUT_MS"))
+    # A stable instance id (static membership, e.g. the pod or host name) lets
+    # a restarted worker take its partitions back at once instead of waiting
+    # for the session timeout; empty = dynamic member. Also names the clients.
+    instance_id: str = field(default="", metadata=_env("TRACKER_INSTANCE_ID"))
+
+    def validate(self) -> None:
+        if not self.bootstrap.strip():
+            raise ConfigError("TRACKER_KAFKA_BOOTSTRAP is empty")
+
+
+@dataclass(frozen=True)
+class TopicSettings(_Group):
+    """The topics' names (all derived from the prefix) and how the tracker creates them."""
+
+    prefix: str = field(default="detektor.frames", metadata=_env("TRACKER_TOPIC_PREFIX"))
+    partitions: int = field(default=6, metadata=_env("TRACKER_TOPIC_PARTITIONS"))
+    replication_factor: int = field(default=1, metadata=_env("TRACKER_TOPIC_REPLICATION_FACTOR"))
+
+    @property
+    def camera(self) -> str:
+        return f"{self.prefix}.camera"
+
+    @property
+    def processing(self) -> str:
+        return f"{self.prefix}.processing"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def events(self) -> tuple[str, str]:
+        """The two event topics: camera, processing."""
+        return (self.camera, self.processing)
+
+    def validate(self) -> None:
+        if not _NAME.fullmatch(self.prefix):
+            raise ConfigError("TRACKER_TOPIC_PREFIX may hold only letters, digits, '.', '_', '-'")
+        if self.partitions < 1:
+            raise ConfigError("TRACKER_TOPIC_PARTITIONS must be >= 1")
+
+
+@dataclass(frozen=True)
+class ConsumerGroupSettings(_Group):
+    """The consumer groups' names, derived from the prefix."""
+
+    prefix: str = field(default="tracker", metadata=_env("TRACKER_GROUP_PREFIX"))
+
+    @property
+    def event_store(self) -> str:
+        return f"{self.prefix}.event-store"
+
+    @property
+    def projections(self) -> str:
+        return f"{self.prefix}.projections"
+
+    def validate(self) -> None:
+        if not _NAME.fullmatch(self.prefix):
+            raise ConfigError("TRACKER_GROUP_PREFIX may hold only letters, digits, '.', '_', '-'")
+
+
+@dataclass(frozen=True)
+class DatabaseSettings(_Group):
+    """PostgreSQL: where, over which TLS, how many connections a process holds."""
+
+    url: Secret = field(default=Secret(DEFAULT_DATABASE_URL), metadata=_env("TRACKER_DATABASE_URL"))
+    # ``disable`` | ``allow`` | ``prefer`` | ``require`` | ``verify-ca`` |
+    # ``verify-full``; empty means whatever the DSN says.
+    sslmode: str = field(default="", metadata=_env("TRACKER_DATABASE_SSLMODE"))
+    # The most connections one process's pool opens (workers, queries, API).
+    pool_size: int = field(default=4, metadata=_env("TRACKER_DATABASE_POOL_SIZE"))
+    # How long a worker waits for PostgreSQL at start-up before it gives up
+    # (once running, it waits for an outage to end however long it lasts).
+    startup_timeout_s: int = field(default=60, metadata=_env("TRACKER_STARTUP_TIMEOUT_S"))
+
+    def validate(self) -> None:
+        if not re.match(r"^postgres(ql)?://", self.url.get()):
+            raise ConfigError("TRACKER_DATABASE_URL must be a postgresql:// URL")
+        if self.sslmode not in _SSLMODES:
+            raise ConfigError(f"TRACKER_DATABASE_SSLMODE: unknown mode {self.sslmode!r}")
+        if self.pool_size < 1:
+            raise ConfigError("TRACKER_DATABASE_POOL_SIZE must be >= 1")
+
+
+@dataclass(frozen=True)
+class QuerySettings(_Group):
+    """The read side (CLI queries, HTTP API): the role it connects as, and
+    where a trace id links to."""
+
+    # The read-only role's DSN (created by the migrations, see sql/); empty
+    # means the main TRACKER_DATABASE_URL.
+    database_url: Secret = field(default=Secret(""), metadata=_env("TRACKER_QUERY_DATABASE_URL"))
+    trace_url_template: str = field(
+        default=DEFAULT_TRACE_URL_TEMPLATE, metadata=_env("TRACKER_TRACE_URL_TEMPLATE")
+    )
+
+    def validate(self) -> None:
+        if "{trace_id}" not in self.trace_url_template:
+            raise ConfigError("TRACKER_TRACE_URL_TEMPLATE must contain {trace_id}")
+
+
+@dataclass(frozen=True)
+class BatchSettings(_Group):
+    """Worker batching. A batch closes at ``max_records``, or ``linger_ms``
+    after its first record arrived: under a steady trickle that trades a few
+    milliseconds of latency for batches large enough that the per-batch cost
+    (transaction, round trips) stays small. 0 = take whatever is buffered."""
+
+    max_records: int = field(default=5000, metadata=_env("TRACKER_BATCH_MAX_RECORDS"))
+    timeout_ms: int = field(default=100, metadata=_env("TRACKER_BATCH_TIMEOUT_MS"))
+    linger_ms: int = field(default=50, metadata=_env("TRACKER_BATCH_LINGER_MS"))
+
+    def validate(self) -> None:
+        if self.max_records < 1:
+            raise ConfigError("TRACKER_BATCH_MAX_RECORDS must be >= 1")
+        if not 0 <= self.linger_ms <= 10_000:
+            raise ConfigError("TRACKER_BATCH_LINGER_MS must be within 0..10000")
+
+
+@dataclass(frozen=True)
+class ApiSettings(_Group):
+    """The HTTP API (``tracker serve``); workers bind ``/metrics`` to the same host."""
+
+    host: str = field(default="127.0.0.1", metadata=_env("TRACKER_API_HOST"))
+    port: int = field(default=8080, metadata=_env("TRACKER_API_PORT"))
+    token: Secret = field(default=Secret(""), metadata=_env("TRACKER_API_TOKEN"))
+
+
+@dataclass(frozen=True)
+class LogSettings(_Group):
+    level: str = field(default="INFO", metadata=_env("TRACKER_LOG_LEVEL"))
+    format: str = field(default="json", metadata=_env("TRACKER_LOG_FORMAT"))
+
+    def validate(self) -> None:
+        if self.format not in ("json", "text"):
+            raise ConfigError("TRACKER_LOG_FORMAT must be json or text")
 
 
 @dataclass(frozen=True)
 class Settings:
-    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
-    database_url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))
-    topic_prefix: str = "detektor.frames"
-    group_prefix: str = "tracker"
-    trace_url_template: str = DEFAULT_TRACE_URL_TEMPLATE
-    topic_partitions: int = 6
-    topic_replication_factor: int = 1
+    """Every group; ``settings.kafka.bootstrap``, ``settings.topics.camera``,
+    ``settings.database.url``, ``settings.batch.linger_ms``, …"""
 
-    # Kafka security: passed through to aiokafka unchanged.
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str = ""
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: Secret = field(default_factory=lambda: Secret(""))
-    kafka_ssl_cafile: str = ""
-    kafka_ssl_certfile: str = ""
-    kafka_ssl_keyfile: str = ""
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    groups: ConsumerGroupSettings = field(default_factory=ConsumerGroupSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    queries: QuerySettings = field(default_factory=QuerySettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
-    # PostgreSQL TLS: ``disable`` | ``prefer`` | ``require`` | ``verify-ca`` |
-    # ``verify-full``; empty means whatever the DSN says.
-    database_sslmode: str = ""
-    database_pool_size: int = 4
-    # The read-only role the query side (CLI queries, HTTP API) connects as;
-    # empty means the main DSN. Created by the migrations (see sql/).
-    query_database_url: Secret = field(default_factory=lambda: Secret(""))
-
-    # Consumer-group membership. A stable instance id (static membership, e.g.
-    # the pod or host name) lets a restarted worker take its partitions back at
-    # once instead of waiting for the session timeout; empty = dynamic member.
-    instance_id: str = ""
-    kafka_session_timeout_ms: int = 10_000
-
-    # How long a worker waits for PostgreSQL at start-up before it gives up
-    # (once running, it waits for an outage to end however long it lasts).
-    startup_timeout_s: int = 60
-
-    # Worker batching. A batch closes at batch_max_records, or batch_linger_ms
-    # after its first record arrived: under a steady trickle that trades a few
-    # milliseconds of latency for batches large enough that the per-batch cost
-    # (transaction, round trips) stays small. 0 = take whatever is buffered.
-    batch_max_records: int = 5000
-    batch_timeout_ms: int = 100
-    batch_linger_ms: int = 50
-
-    # HTTP API.
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
-    api_token: Secret = field(default_factory=lambda: Secret(""))
-
-    log_level: str = "INFO"
-    log_format: str = "json"
-
-    # ---- derived names -------------------------------------------------
-    @property
-    def camera_topic(self) -> str:
-        return f"{self.topic_prefix}.camera"
-
-    @property
-    def processing_topic(self) -> str:
-        return f"{self.topic_prefix}.processing"
-
-    @property
-    def dlq_topic(self) -> str:
-        return f"{self.topic_prefix}.dlq"
-
-    @property
-    def event_topics(self) -> tuple[str, str]:
-        return (self.camera_topic, self.processing_topic)
-
-    @property
-    def event_store_group(self) -> str:
-        return f"{self.group_prefix}.event-store"
-
-    @property
-    def projections_group(self) -> str:
-        return f"{self.group_prefix}.projections"
-
-    # ---- construction --------------------------------------------------
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Parse ``TRACKER_*`` variables; unknown ones are an error (typos bite)."""
+        """Parse ``TRACKER_*`` variables (unknown ones are an error: typos bite),
+        then apply ``overrides`` by flat name (``topic_prefix=...``)."""
         env = os.environ if environ is None else environ
-        known = {_env_name(f.name): f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for name, value in env.items():
-            if not name.startswith("TRACKER_"):
+            if not name.startswith(_PREFIX):
                 continue
-            f = known.get(name)
-            if f is None:
+            if name not in _FIELDS:
                 raise ConfigError(f"unknown setting {name}")
-            values[f.name] = _parse(f, name, value)
-        values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
+            values[_flat(name)] = _parse(_FIELDS[name][1], name, value)
+        return cls().with_overrides(**{**values, **overrides})
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with fields replaced by flat name (``batch_linger_ms=200``),
+        checked as the environment is (a string is parsed as its variable would be)."""
+        changes: dict[str, dict[str, Any]] = {}
+        for flat, value in overrides.items():
+            if flat not in _FLAT:
+                raise ConfigError(f"unknown setting {flat!r} (there is no {_PREFIX}{flat.upper()})")
+            group, f = _FLAT[flat]
+            changes.setdefault(group, {})[f.name] = _coerce(f, value)
+        return dataclasses.replace(
+            self,
+            **{group: dataclasses.replace(getattr(self, group), **kw) for group, kw in changes.items()},
+        )
 
     def validate(self) -> None:
-        if not self.kafka_bootstrap.strip():
-            raise ConfigError("TRACKER_KAFKA_BOOTSTRAP is empty")
-        url = self.database_url.get()
-        if not re.match(r"^postgres(ql)?://", url):
-            raise ConfigError("TRACKER_DATABASE_URL must be a postgresql:// URL")
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.topic_prefix):
-            raise ConfigError("TRACKER_TOPIC_PREFIX may hold only letters, digits, '.', '_', '-'")
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.group_prefix):
-            raise ConfigError("TRACKER_GROUP_PREFIX may hold only letters, digits, '.', '_', '-'")
-        if "{trace_id}" not in self.trace_url_template:
-            raise ConfigError("TRACKER_TRACE_URL_TEMPLATE must contain {trace_id}")
-        if self.topic_partitions < 1:
-            raise ConfigError("TRACKER_TOPIC_PARTITIONS must be >= 1")
-        if self.batch_max_records < 1:
-            raise ConfigError("TRACKER_BATCH_MAX_RECORDS must be >= 1")
-        if not 0 <= self.batch_linger_ms <= 10_000:
-            raise ConfigError("TRACKER_BATCH_LINGER_MS must be within 0..10000")
-        if self.database_sslmode not in (
-            "",
-            "disable",
-            "allow",
-            "prefer",
-            "require",
-            "verify-ca",
-            "verify-full",
-        ):
-            raise ConfigError(f"TRACKER_DATABASE_SSLMODE: unknown mode {self.database_sslmode!r}")
-        if self.log_format not in ("json", "text"):
-            raise ConfigError("TRACKER_LOG_FORMAT must be json or text")
+        """Each group checks itself when built; this checks them all again."""
+        for g in dataclasses.fields(self):
+            getattr(self, g.name).validate()
 
     def dump(self) -> list[tuple[str, str]]:
         """``(NAME, value)`` pairs with every secret masked, for ``tracker config``."""
         out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        for name, (group, f) in _FIELDS.items():
+            value = getattr(getattr(self, group), f.name)
             if isinstance(value, Secret):
                 raw = value.get()
                 shown = mask_url_password(raw) if "://" in raw else ("****" if raw else "")
             else:
                 shown = str(value)
-            out.append((_env_name(f.name), shown))
+            out.append((name, shown))
         return out
 
 
+def _fields() -> dict[str, tuple[str, dataclasses.Field[Any]]]:
+    """``TRACKER_NAME -> (group attribute, field)`` for every setting."""
+    out: dict[str, tuple[str, dataclasses.Field[Any]]] = {}
+    for g in dataclasses.fields(Settings):
+        for f in dataclasses.fields(cast(type, g.default_factory)):
+            out[f.metadata["env"]] = (g.name, f)
+    return out
+
+
+def _flat(name: str) -> str:
+    """``TRACKER_BATCH_LINGER_MS`` → ``batch_linger_ms``, the name overrides use."""
+    return name.removeprefix(_PREFIX).lower()
+
+
+_FIELDS = _fields()
+_FLAT = {_flat(name): where for name, where in _FIELDS.items()}
+
+
 def _parse(f: dataclasses.Field[Any], name: str, value: str) -> Any:
-    factory: Any = f.default_factory
-    default = f.default if f.default is not dataclasses.MISSING else factory()
+    """The variable ``name``'s text as the type of the field's default."""
+    default = f.default
     if isinstance(default, Secret):
         return Secret(value)
     if isinstance(default, bool):
@@ -223,4 +334,16 @@ def _parse(f: dataclasses.Field[Any], name: str, value: str) -> Any:
             return int(value)
         except ValueError:
             raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    return value
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    """An override's value: text is parsed as the variable's would be; any
+    other value must already have the field's type."""
+    name = f.metadata["env"]
+    if isinstance(value, str):
+        return _parse(f, name, value)
+    kind = type(f.default)
+    if type(value) is not kind:  # bool is not accepted for int, nor int for bool
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
     return value

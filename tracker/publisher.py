@@ -57,9 +57,9 @@ class FramePublisher:
         self.codec = codec or FrameEventCodec()
         self._create_topics = create_topics
         role = f"publisher-{producer_name}"
-        self._producer = make_producer(settings, role=role, **producer_options)
+        self._producer = make_producer(settings.kafka, role=role, **producer_options)
         # server.address, server.port and messaging.client.id of every send span
-        self._client_attributes = messaging_attributes(settings, role)
+        self._client_attributes = messaging_attributes(settings.kafka, role)
         self._tracer = get_tracer("tracker.publisher")
         self._pending: set[asyncio.Future[Any]] = set()
         self._held: set[asyncio.Task[Any]] = set()
@@ -71,7 +71,7 @@ class FramePublisher:
         if self._started:
             return
         if self._create_topics:
-            await ensure_topics(self.settings, self.settings.event_topics)
+            await ensure_topics(self.settings.kafka, self.settings.topics, self.settings.topics.events)
         try:
             await self._producer.start()
         except KafkaError as e:
@@ -107,7 +107,8 @@ class FramePublisher:
         await self.stop()
 
     def topic_for(self, event: ev.FrameEvent) -> str:
-        return self.settings.camera_topic if event.source == ev.CAMERA else self.settings.processing_topic
+        topics = self.settings.topics
+        return topics.camera if event.source == ev.CAMERA else topics.processing
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

@@ -27,7 +27,7 @@ async def baseline(b: Bench) -> None:
                 argv = python_argv("-m", "bench.naive", "--limit", str(n), "--commit", commit)
                 w = b.stack.worker(f"naive-{commit}", argv, worker_env(s))
                 p = await b.stack.drive(
-                    [w], groups=[s.event_store_group], total=n, timeout_s=b.scale.timeout_s
+                    [w], groups=[s.groups.event_store], total=n, timeout_s=b.scale.timeout_s
                 )
                 out = read_json_line(w.output())
                 stored = await b.fetchval(s, "SELECT count(*) FROM frame_events")

@@ -72,7 +72,7 @@ class Bench:
         self.detail(scenario)["background_busy_pct"] = round(100.0 * (b1 - b0) / max(1e-6, t1 - t0), 1)
 
     async def ensure_event_partitions(self, settings: Settings, days: set[date]) -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
         try:
             lo, hi = min(days) - timedelta(days=1), max(days) + timedelta(days=2)
             await conn.execute(
@@ -84,7 +84,7 @@ class Bench:
             await conn.close()
 
     async def fetchval(self, settings: Settings, sql: str) -> Any:
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
         try:
             return await conn.fetchval(sql)
         finally:
@@ -94,8 +94,8 @@ class Bench:
     async def preload(self, name: str, events: int) -> Source:
         """Produce at least ``events`` events of the simulator's mix into a topic pair."""
         prefix = self.stack.topic_prefix(name)
-        s = Settings.from_env(environ={}, kafka_bootstrap=self.base.kafka_bootstrap, topic_prefix=prefix)
-        await self.stack.create_topics(list(s.event_topics), self.base.topic_partitions)
+        s = Settings.from_env(environ={}, kafka_bootstrap=self.base.kafka.bootstrap, topic_prefix=prefix)
+        await self.stack.create_topics(list(s.topics.events), self.base.topics.partitions)
         procs = max(1, min(2, os.cpu_count() or 1, self.scale.cameras // 5))
         cams = self.scale.cameras // procs
         duration = max(1.0, events / (cams * procs * self.scale.fps * EVENTS_PER_FRAME))
@@ -108,7 +108,7 @@ class Bench:
                     "-m", "bench.preload", "--prefix", prefix, "--cameras", str(cams),
                     "--camera-prefix", f"cam{chr(97 + i)}", "--fps", str(self.scale.fps),
                     "--duration", f"{duration:.3f}", "--seed", str(101 + i), "--start", f"{start:.6f}",
-                    "--partitions", str(self.base.topic_partitions),
+                    "--partitions", str(self.base.topics.partitions),
                 ),
                 worker_env(s),
             )
@@ -116,7 +116,7 @@ class Bench:
         ]  # fmt: skip
         await self.stack.drive(preloaders, groups=[], total=0, timeout_s=self.scale.timeout_s)
         outs = [read_json_line(w.output()) for w in preloaders]
-        n = await self.stack.end_offsets_total(s.event_topics)
+        n = await self.stack.end_offsets_total(s.topics.events)
         frames = sum(o["frames"] for o in outs)
         if n != sum(o["events"] for o in outs):
             raise RuntimeError(
@@ -164,11 +164,11 @@ class Bench:
             for i in range(n):
                 name = f"consume-{i + 1}" if n > 1 else "consume"
                 ws.append(self.stack.worker(name, argv, worker_env(s)))
-            groups.append(s.event_store_group)
+            groups.append(s.groups.event_store)
         if mode in ("project", "two_groups"):
             argv = tracker_argv("project", *extra, "--metrics-port", "0")
             ws.append(self.stack.worker("project", argv, worker_env(s)))
-            groups.append(s.projections_group)
+            groups.append(s.groups.projections)
         return ws, groups
 
     async def drain(self, src: Source, mode: str, what: str) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class Bench:
             ws, groups = self.tracker_workers(s, mode)
             p = await self.stack.drive(ws, groups=groups, total=src.events, timeout_s=self.scale.timeout_s)
             rate, info = p.rate()
-            conn = await asyncpg.connect(s.database_url.get())
+            conn = await asyncpg.connect(s.database.url.get())
             try:
                 if mode in STORES:
                     info["stored_events"] = int(await conn.fetchval("SELECT count(*) FROM frame_events"))

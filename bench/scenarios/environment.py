@@ -26,7 +26,7 @@ from bench.workers import ROOT
 async def environment(b: Bench) -> None:
     d = b.detail("environment")
     facts = await asyncio.to_thread(_host_facts)
-    conn = await asyncpg.connect(b.base.database_url.get())
+    conn = await asyncpg.connect(b.base.database.url.get())
     try:
         pg = str(await conn.fetchval("SHOW server_version"))
         d["postgres_settings"] = {
@@ -52,10 +52,10 @@ async def environment(b: Bench) -> None:
     b.figures.update(
         kafka_version=kafka,
         postgres_version=pg,
-        partitions=b.base.topic_partitions,
-        batch_max_records=b.base.batch_max_records,
-        batch_timeout_ms=b.base.batch_timeout_ms,
-        batch_linger_ms=b.base.batch_linger_ms,
+        partitions=b.base.topics.partitions,
+        batch_max_records=b.base.batch.max_records,
+        batch_timeout_ms=b.base.batch.timeout_ms,
+        batch_linger_ms=b.base.batch.linger_ms,
         cpu_count=os.cpu_count() or 1,
         git_commit=commit,
     )

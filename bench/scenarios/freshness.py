@@ -25,7 +25,7 @@ from tracker.config import Settings
 async def freshness(b: Bench) -> None:
     sc = b.scale
     async with b.stack.scratch("fresh") as s:
-        await b.stack.create_topics([*s.event_topics, s.dlq_topic], s.topic_partitions)
+        await b.stack.create_topics([*s.topics.events, s.topics.dlq], s.topics.partitions)
         ws, groups = b.tracker_workers(s, "pipeline", until_idle=False)
         cpu = cpu_meter()
         for w in ws:
@@ -111,7 +111,7 @@ async def _offer_load(b: Bench, s: Settings, ws: list[Worker], cpu: Any) -> dict
             cpu.sample()
             await asyncio.sleep(0.02)
 
-    conn = await asyncpg.connect(s.database_url.get())
+    conn = await asyncpg.connect(s.database.url.get())
     try:
         rtask = asyncio.create_task(reader())
         ptask = asyncio.create_task(poller(conn))

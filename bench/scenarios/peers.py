@@ -32,7 +32,7 @@ async def peers(b: Bench) -> None:
                     worker_env(s, PYTHONWARNINGS="ignore"),
                 )
                 p = await b.stack.drive(
-                    [w], groups=[s.event_store_group], total=n, timeout_s=b.scale.timeout_s
+                    [w], groups=[s.groups.event_store], total=n, timeout_s=b.scale.timeout_s
                 )
                 out = read_json_line(w.output())
                 stored = await b.fetchval(s, "SELECT count(*) FROM frame_events")

@@ -30,7 +30,7 @@ async def profile(b: Bench) -> None:
                 groups = [s.event_store_group]
             else:
                 argv = tracker_argv(name, "--until-idle", "--metrics-port", "0")
-                groups = [s.event_store_group if name == "consume" else s.projections_group]
+                groups = [s.groups.event_store if name == "consume" else s.groups.projections]
             w = b.stack.worker(f"profile-{name}", prof.wrap(argv, raw), worker_env(s))
             p = await b.stack.drive(
                 [w], groups=groups, total=b.src.events if groups else 0, timeout_s=b.scale.timeout_s

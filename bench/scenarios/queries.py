@@ -87,7 +87,7 @@ async def _plans(s: Settings) -> dict[str, Any]:
         from tracker.queries import statements as tq
 
         now = datetime.now(UTC)
-        conn = await asyncpg.connect(s.database_url.get())
+        conn = await asyncpg.connect(s.database.url.get())
         try:
             for name, sql, args in (
                 ("slow", tq.SLOW, (now - timedelta(hours=1), 1000.0, None, 20)),

@@ -32,7 +32,7 @@ async def replay(b: Bench) -> None:
                     worker_env(s),
                 )
                 await b.stack.drive([w], groups=[], total=0, timeout_s=b.scale.timeout_s)
-                conn = await asyncpg.connect(s.database_url.get())
+                conn = await asyncpg.connect(s.database.url.get())
                 try:
                     row = await conn.fetchrow(
                         "SELECT generation, status, events_applied, "

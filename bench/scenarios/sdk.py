@@ -5,7 +5,6 @@ adds per frame (the processes are ``python -m bench.sdk``'s)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 from bench.infra import git_commit, log, read_json_line, summarize
@@ -23,8 +22,8 @@ async def sdk(b: Bench) -> None:
     sc = b.scale
     d = b.detail("sdk")
     prefix = b.stack.topic_prefix(b.stack.name("sdk"))
-    s = dataclasses.replace(b.base, topic_prefix=prefix)
-    await b.stack.create_topics(list(s.event_topics), s.topic_partitions)
+    s = b.base.with_overrides(topic_prefix=prefix)
+    await b.stack.create_topics(list(s.topics.events), s.topics.partitions)
     try:
         wt = b.stack.worker(
             "sdk-throughput",
@@ -37,7 +36,7 @@ async def sdk(b: Bench) -> None:
         )  # fmt: skip
         await b.stack.drive([wt], groups=[], total=0, timeout_s=sc.timeout_s)
         tp = read_json_line(wt.output())
-        records = await b.stack.end_offsets_total(s.event_topics)
+        records = await b.stack.end_offsets_total(s.topics.events)
     finally:
         await b.stack.delete_prefix(prefix)
     # The figure counts what the broker holds: exactly ten records per frame saved.

@@ -44,10 +44,10 @@ def _reachable(hostport: str) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def _stack_is_up() -> None:
-    db = urlsplit(BASE.database_url.get())
+    db = urlsplit(BASE.database.url.get())
     missing = []
-    if not _reachable(BASE.kafka_bootstrap.split(",")[0]):
-        missing.append(f"Kafka at {BASE.kafka_bootstrap}")
+    if not _reachable(BASE.kafka.bootstrap.split(",")[0]):
+        missing.append(f"Kafka at {BASE.kafka.bootstrap}")
     if not _reachable(f"{db.hostname}:{db.port or 5432}"):
         missing.append(f"PostgreSQL at {db.hostname}:{db.port}")
     if missing:
@@ -65,7 +65,7 @@ def stack(*args: str) -> None:
 
 
 def _db_url(name: str) -> str:
-    parts = urlsplit(BASE.database_url.get())
+    parts = urlsplit(BASE.database.url.get())
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
@@ -74,24 +74,24 @@ async def settings() -> AsyncIterator[Settings]:
     """Fresh database + topic namespace for one test."""
     tag = uuid.uuid4().hex[:10]
     dbname = f"tracker_test_{tag}"
-    admin = await asyncpg.connect(BASE.database_url.get())
+    admin = await asyncpg.connect(BASE.database.url.get())
     try:
         await admin.execute(f'CREATE DATABASE "{dbname}"')
     finally:
         await admin.close()
     s = Settings.from_env(
-        database_url=type(BASE.database_url)(_db_url(dbname)),
+        database_url=_db_url(dbname),
         topic_prefix=f"t{tag}.frames",
         group_prefix=f"t{tag}",
         batch_timeout_ms=50,
     )
-    conn = await connect(s)
+    conn = await connect(s.database)
     try:
         await migrate(conn)
     finally:
         await conn.close()
     yield s
-    admin = await asyncpg.connect(BASE.database_url.get())
+    admin = await asyncpg.connect(BASE.database.url.get())
     try:
         drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
         for _ in range(40):
@@ -110,7 +110,7 @@ async def settings() -> AsyncIterator[Settings]:
 
 @pytest_asyncio.fixture
 async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     yield conn
     await conn.close()
 

@@ -67,9 +67,9 @@ def run_cli(
 async def read_topic(settings: Settings, topic: str) -> list:  # type: ignore[type-arg]
     """Every record of a topic, from the beginning, without a group."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap, group_id=None, enable_auto_commit=False
     )
-    tps = await topic_partitions(settings, [topic])
+    tps = await topic_partitions(settings.kafka, [topic])
     await consumer.start()
     out = []
     try:
@@ -109,7 +109,7 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
     )
     from projections.store import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
 
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         g = await conn.fetchval("SELECT generation FROM projection_state WHERE projection = 'frames'")
         events = [from_store(r) for r in await conn.fetch(f"SELECT {STORE_COLUMNS} FROM frame_events")]

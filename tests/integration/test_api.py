@@ -147,9 +147,9 @@ async def test_bad_requests_get_4xx_and_leave_the_database_alone(server: Server,
 
 async def test_bearer_token_guards_everything_but_healthz(settings: Settings) -> None:
     secured = Settings.from_env(
-        database_url=settings.database_url,
-        topic_prefix=settings.topic_prefix,
-        group_prefix=settings.group_prefix,
+        database_url=settings.database.url,
+        topic_prefix=settings.topics.prefix,
+        group_prefix=settings.groups.prefix,
         api_token=Secret("s3cret-token"),
     )
     port = _free_port()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 from aiokafka import TopicPartition
 
@@ -12,7 +11,7 @@ from tracker.config import Settings
 
 
 async def _trickle(settings: Settings, topic: str, n: int, gap_s: float) -> None:
-    producer = make_producer(settings)
+    producer = make_producer(settings.kafka)
     await producer.start()
     try:
         for i in range(n):
@@ -23,12 +22,12 @@ async def _trickle(settings: Settings, topic: str, n: int, gap_s: float) -> None
 
 
 async def _batches(settings: Settings, topic: str, want: int) -> list[list[int]]:
-    consumer = make_consumer(settings, topic, group_id=f"{settings.group_prefix}.batching")
+    consumer = make_consumer(settings.kafka, topic, group_id=f"{settings.groups.prefix}.batching")
     await consumer.start()
     got: list[list[int]] = []
     try:
         while sum(len(b) for b in got) < want:
-            batch = await asyncio.wait_for(next_batch(consumer, settings), 30)
+            batch = await asyncio.wait_for(next_batch(consumer, settings.batch), 30)
             if batch:
                 got.append([m.offset for m in batch[TopicPartition(topic, 0)]])
     finally:
@@ -37,10 +36,10 @@ async def _batches(settings: Settings, topic: str, want: int) -> list[list[int]]
 
 
 async def test_a_trickle_is_gathered_into_batches_within_the_linger(settings: Settings) -> None:
-    topic = settings.camera_topic
-    await ensure_topics(settings, [topic])
+    topic = settings.topics.camera
+    await ensure_topics(settings.kafka, settings.topics, [topic])
     # 40 records, one every 10 ms: about 400 ms of trickle.
-    lingering = dataclasses.replace(settings, batch_linger_ms=200, batch_max_records=1000)
+    lingering = settings.with_overrides(batch_linger_ms=200, batch_max_records=1000)
     consumer_task = asyncio.create_task(_batches(lingering, topic, 40))
     await asyncio.sleep(1.0)  # the consumer has joined and is polling
     await _trickle(settings, topic, 40, 0.01)
@@ -53,10 +52,10 @@ async def test_a_trickle_is_gathered_into_batches_within_the_linger(settings: Se
 
 
 async def test_batch_max_records_closes_a_batch_before_the_linger(settings: Settings) -> None:
-    topic = settings.camera_topic
-    await ensure_topics(settings, [topic])
+    topic = settings.topics.camera
+    await ensure_topics(settings.kafka, settings.topics, [topic])
     await _trickle(settings, topic, 25, 0.0)
-    capped = dataclasses.replace(settings, batch_linger_ms=5000, batch_max_records=10)
+    capped = settings.with_overrides(batch_linger_ms=5000, batch_max_records=10)
     batches = await _batches(capped, topic, 25)
     assert [len(b) for b in batches] == [10, 10, 5]
     assert [o for b in batches for o in b] == list(range(25))

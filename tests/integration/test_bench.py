@@ -68,12 +68,12 @@ def test_bench_tiny_writes_every_key(tmp_path: Path) -> None:
 
 async def _leftovers(pid: int) -> tuple[list[str], list[str]]:
     settings = Settings.from_env()
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", f"bench\\_{pid}\\_%")
     finally:
         await conn.close()
-    admin = make_admin(settings)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(f"bench-{pid}-")]

@@ -46,7 +46,7 @@ async def test_every_sql_statement_runs_and_returns_rows(
     now = datetime.now(UTC)
     time_from, time_to = now - timedelta(hours=6), now + timedelta(hours=1)
 
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         problems: Problems = []
         # frame-pipeline: the camera variable first, with all its values (Grafana's "All").

@@ -65,8 +65,8 @@ async def test_cli_simulate_then_consume_stores_exactly_the_published_events(
     ids = await stored_ids(db)
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(published)
     # Every row carries the trace context its record was published with.
-    records = await read_topic(settings, settings.camera_topic) + await read_topic(
-        settings, settings.processing_topic
+    records = await read_topic(settings, settings.topics.camera) + await read_topic(
+        settings, settings.topics.processing
     )
     codec = FrameEventCodec()
     expected = {}
@@ -121,15 +121,15 @@ async def test_redelivery_leaves_the_row_count_unchanged(settings: Settings, db:
     before = await db.fetchval("SELECT count(*) FROM frame_events")
     # Reset the group's offsets to the beginning, as an operator would.
     resetter = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.event_store_group,
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=settings.groups.event_store,
         enable_auto_commit=False,
     )
-    tps = await topic_partitions(settings, settings.event_topics)
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
     await resetter.start()
     try:
         resetter.assign(tps)
-        assert len(tps) == 2 * settings.topic_partitions
+        assert len(tps) == 2 * settings.topics.partitions
         await resetter.commit({tp: 0 for tp in tps})
     finally:
         await resetter.stop()
@@ -162,7 +162,7 @@ def _event(**kw) -> ev.FrameEvent:  # type: ignore[no-untyped-def]
 async def test_poison_records_go_to_the_dlq_and_good_ones_around_them_are_stored(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    await ensure_topics(settings, [*settings.event_topics, settings.dlq_topic])
+    await ensure_topics(settings.kafka, settings.topics, [*settings.topics.events, settings.topics.dlq])
     codec = FrameEventCodec()
     good_events = [_event(frame_id="same-key") for _ in range(6)]
 
@@ -184,16 +184,16 @@ async def test_poison_records_go_to_the_dlq_and_good_ones_around_them_are_stored
         "non_utf8": valid.replace(b"cam-plain", b"cam-\xff\xfe\xfd\xfc\xfb", 1),
         "missing_stage": raw(event_type="StageStarted", stage=None),
     }
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, max_request_size=4 * 1024 * 1024)
     await producer.start()
     sent = {}
     try:
         order = list(poison.items())
         for i, good in enumerate(good_events):
-            await producer.send_and_wait(settings.processing_topic, codec.encode(good), key=b"same-key")
+            await producer.send_and_wait(settings.topics.processing, codec.encode(good), key=b"same-key")
             for name, value in order[i * 2 : (i + 1) * 2]:
                 meta = await producer.send_and_wait(
-                    settings.processing_topic,
+                    settings.topics.processing,
                     value,
                     key=b"same-key",
                     headers=[("event_type", b"whatever"), ("x-origin", name.encode())],
@@ -202,7 +202,7 @@ async def test_poison_records_go_to_the_dlq_and_good_ones_around_them_are_stored
         # A valid record with a malformed traceparent is stored, without a trace id.
         odd = _event(frame_id="bad-trace")
         await producer.send_and_wait(
-            settings.camera_topic,
+            settings.topics.camera,
             _avro_package_record(odd),
             key=b"bad-trace",
             headers=[("traceparent", b"00-nothex-zz-01\xff")],
@@ -215,7 +215,7 @@ async def test_poison_records_go_to_the_dlq_and_good_ones_around_them_are_stored
     assert ids == {e.event_id for e in good_events} | {odd.event_id}
     assert await db.fetchval("SELECT trace_id FROM frame_events WHERE frame_id = 'bad-trace'") is None
 
-    letters = await read_topic(settings, settings.dlq_topic)
+    letters = await read_topic(settings, settings.topics.dlq)
     assert len(letters) == len(poison)
     by_origin = {dict(m.headers)["x-origin"].decode(): m for m in letters}
     for name, (value, partition, offset) in sent.items():
@@ -223,7 +223,7 @@ async def test_poison_records_go_to_the_dlq_and_good_ones_around_them_are_stored
         h = dict(m.headers)
         assert m.value == value, name  # original bytes, unchanged
         assert m.key == b"same-key" and h["event_type"] == b"whatever"
-        assert h["tracker.error.topic"].decode() == settings.processing_topic
+        assert h["tracker.error.topic"].decode() == settings.topics.processing
         assert (int(h["tracker.error.partition"]), int(h["tracker.error.offset"])) == (partition, offset)
         assert h["tracker.error.class"] and h["tracker.error.message"] and h["tracker.error.stage"]
     assert dict(by_origin["unknown_fingerprint"].headers)["tracker.error.class"] == b"UnknownSchemaError"
@@ -298,7 +298,7 @@ async def test_survives_a_database_outage_and_commits_nothing_early(
         worker.request_stop()
         await asyncio.wait_for(task, 60)
         await worker.stop()
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         ids = {str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM frame_events")}
     finally:
@@ -308,7 +308,7 @@ async def test_survives_a_database_outage_and_commits_nothing_early(
 
 async def _count(settings: Settings, n: int) -> bool:
     try:
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
     except (OSError, asyncpg.PostgresError):
         return False
     try:
@@ -320,11 +320,11 @@ async def _count(settings: Settings, n: int) -> bool:
 async def _committed(settings: Settings) -> int:
     """Sum of committed offsets of the event-store group (records acknowledged)."""
     c = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.event_store_group,
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=settings.groups.event_store,
         enable_auto_commit=False,
     )
-    tps = await topic_partitions(settings, settings.event_topics)
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
     await c.start()
     try:
         total = 0
@@ -346,11 +346,11 @@ async def test_a_batch_held_across_a_rebalance_commits_only_partitions_still_own
 
     from tracker.store.consumer import DecodedBatch, _Prepared
 
-    await ensure_topics(settings, list(settings.event_topics))
+    await ensure_topics(settings.kafka, settings.topics, list(settings.topics.events))
     async with EventStoreConsumer(settings) as consumer:
         await asyncio.wait_for(consumer.assigned.wait(), 30)
         owned = sorted(consumer.consumer.assignment())[0]
-        revoked = TopicPartition(settings.camera_topic, 999)  # not (or no longer) ours
+        revoked = TopicPartition(settings.topics.camera, 999)  # not (or no longer) ours
         prepared = _Prepared(
             batch={owned: [], revoked: []},
             offsets={owned: OffsetAndMetadata(0, ""), revoked: OffsetAndMetadata(7, "")},

@@ -50,7 +50,7 @@ async def test_example_services_end_to_end(settings: Settings) -> None:
     names = {s.name for s in exporter.get_finished_spans()}
     assert {"capture_frame", "process_frame"} <= names
 
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         dupes = await conn.fetchval(
             "SELECT count(*) - count(DISTINCT event_id) FROM frame_events WHERE frame_id = ANY($1)",
@@ -76,7 +76,7 @@ async def test_example_services_end_to_end(settings: Settings) -> None:
             producers = {e["producer"] for e in journey["events"]}
             assert producers == {"camera-service", "processor-service"}
             queued = next(e for e in journey["events"] if e["event_type"] == "FrameQueued")
-            assert queued["kafka"]["topic"] == settings.camera_topic
+            assert queued["kafka"]["topic"] == settings.topics.camera
             if failed:
                 assert journey["error"]["type"] == AnalysisTimeout.__name__
                 assert journey["error"]["stage"] == "analyze"

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.faults
 
 
 async def _ids_in_store(settings: Settings) -> Counter[str]:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         return Counter(str(r[0]) for r in await conn.fetch("SELECT event_id FROM frame_events"))
     finally:
@@ -43,7 +43,7 @@ async def _ids_in_store(settings: Settings) -> Counter[str]:
 
 async def _stored(settings: Settings) -> int:
     try:
-        conn = await asyncpg.connect(settings.database_url.get(), timeout=2)
+        conn = await asyncpg.connect(settings.database.url.get(), timeout=2)
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return -1
     try:
@@ -187,7 +187,7 @@ async def test_broker_restart(settings: Settings, tmp_path: Path) -> None:
     # The idempotent producer wrote no record twice, even across the restart.
     codec = FrameEventCodec()
     in_kafka = Counter()
-    for topic in settings.event_topics:
+    for topic in settings.topics.events:
         for m in await read_topic(settings, topic):
             in_kafka[codec.decode_record(m.value).record["event_id"]] += 1
     assert sum(in_kafka.values()) == len(in_kafka) == published
@@ -240,7 +240,7 @@ async def test_slow_database_applies_back_pressure_with_flat_memory(
         str(tmp_path / "published2.txt"),
     ).start()
     assert await sim2.wait() == 0
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     await conn.execute("""
         CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS
         $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
@@ -275,10 +275,10 @@ async def test_slow_database_applies_back_pressure_with_flat_memory(
 async def _committed(settings: Settings) -> int:
     from aiokafka import AIOKafkaConsumer
 
-    tps = await topic_partitions(settings, settings.event_topics)
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
     c = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.event_store_group,
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=settings.groups.event_store,
         enable_auto_commit=False,
     )
     await c.start()

@@ -181,7 +181,7 @@ async def test_the_guides_code_runs_as_written(settings: Settings) -> None:
     await consume_until_idle(settings)
     await project_until_idle(settings)
 
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         rows = await conn.fetch(
             "SELECT frame_id, event_type, stage, attempt, min(error_type) AS error_type, count(*) AS n "

@@ -24,7 +24,7 @@ from tracker.store.consumer import EventStoreConsumer
 
 
 async def _checkpoints(settings: Settings) -> dict[tuple[str, int], int]:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         rows = await conn.fetch(
             'SELECT topic, "partition", next_offset FROM projection_checkpoints c '
@@ -38,8 +38,8 @@ async def _checkpoints(settings: Settings) -> dict[tuple[str, int], int]:
 async def _log_ends(settings: Settings) -> dict[tuple[str, int], int]:
     from tracker.adapters.kafka import make_consumer, topic_partitions
 
-    tps = await topic_partitions(settings, settings.event_topics)
-    consumer = make_consumer(settings, group_id=None, role="test")
+    tps = await topic_partitions(settings.kafka, settings.topics.events)
+    consumer = make_consumer(settings.kafka, group_id=None, role="test")
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)
@@ -65,7 +65,7 @@ async def test_inline_projection_equals_the_fold_of_the_store_and_redelivery_cha
     # A second group re-reads everything: every event is a duplicate, folded
     # again, and the projection does not move.
     again = await consume_until_idle(
-        settings, inline=InlineFrames(), group_id=f"{settings.group_prefix}.again"
+        settings, inline=InlineFrames(), group_id=f"{settings.groups.prefix}.again"
     )
     assert again.stored == 0 and again.duplicates == stats.stored
     assert_same_projection(*(await projection_vs_store(settings)))
@@ -95,7 +95,7 @@ async def test_rebuild_under_inline_load_swaps_without_losing_what_was_applied_m
     live_task = asyncio.create_task(live.run())
 
     async def reader() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
         try:
             while not stop.is_set():
                 seen.append(await conn.fetchval("SELECT count(*) FROM frame_metadata"))

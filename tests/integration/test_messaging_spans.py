@@ -41,7 +41,7 @@ def spans_named(prefix: str, topics: Sequence[str]) -> list[Any]:
 
 def check_client(span: Any, settings: Settings, client_id: str, operation: str) -> list[str]:
     """What a span lacks of the broker, client and operation attributes."""
-    host, port = server_address(settings)
+    host, port = server_address(settings.kafka)
     want = {
         "messaging.system": "kafka",
         "server.address": host,
@@ -61,7 +61,7 @@ async def test_send_and_process_spans_name_broker_client_and_operation(settings:
         producer_client = pub._producer.client._client_id
     assert producer_client.startswith("tracker-publisher-spans-")
 
-    sends = spans_named("send ", settings.event_topics)
+    sends = spans_named("send ", settings.topics.events)
     assert {s.attributes["messaging.message.id"] for s in sends} == set(result.event_ids)
     problems = [p for s in sends for p in check_client(s, settings, producer_client, "send")]
     assert problems == []
@@ -75,9 +75,9 @@ async def test_send_and_process_spans_name_broker_client_and_operation(settings:
         consumer_client = worker.consumer._client._client_id
     assert stats.stored == len(result.event_ids)
     assert consumer_client.startswith("tracker-event-store-")
-    process = spans_named("process ", settings.event_topics)
+    process = spans_named("process ", settings.topics.events)
     assert process and {s.attributes["messaging.consumer.group.name"] for s in process} == {
-        settings.event_store_group
+        settings.groups.event_store
     }
     problems = [p for s in process for p in check_client(s, settings, consumer_client, "process")]
     assert problems == []
@@ -104,10 +104,10 @@ async def test_failed_send_and_process_spans_carry_error_type(
             raise KafkaConnectionError("broker gone (test)")
 
         monkeypatch.setattr(pub._producer, "send", refused)
-        before = len(spans_named("send ", settings.event_topics))
+        before = len(spans_named("send ", settings.topics.events))
         with pytest.raises(BrokerError):
             await simulate(pub, SimulationConfig(cameras=1, fps=1, duration_s=1, realtime=False))
-    failed = spans_named("send ", settings.event_topics)[before:]
+    failed = spans_named("send ", settings.topics.events)[before:]
     assert len(failed) == 1
     assert failed[0].attributes["error.type"] == "KafkaConnectionError"
     assert check_client(failed[0], settings, producer_client, "send") == []
@@ -120,7 +120,7 @@ async def test_failed_send_and_process_spans_carry_error_type(
         with pytest.raises(RuntimeError, match="database said no"):
             await worker.run(until_idle=True)
         consumer_client = worker.consumer._client._client_id
-    process = spans_named("process ", settings.event_topics)
+    process = spans_named("process ", settings.topics.events)
     assert process and result.event_ids
     assert {s.attributes.get("error.type") for s in process} == {"RuntimeError"}
     assert [p for s in process for p in check_client(s, settings, consumer_client, "process")] == []

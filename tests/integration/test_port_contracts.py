@@ -24,7 +24,7 @@ _READ_BACK = "SELECT " + ", ".join(_CASTS.get(c, f'"{c}"') for c in COLUMNS) + "
 class TestPostgresEventStore(EventStoreContract):
     @pytest.fixture
     async def store(self, settings: Settings) -> AsyncIterator[PostgresEventStore]:
-        pool = await connect_pool(settings, max_size=2)
+        pool = await connect_pool(settings.database, max_size=2)
         try:
             yield PostgresEventStore(pool)
         finally:
@@ -43,8 +43,8 @@ class TestKafkaDeadLetterSink(DeadLetterSinkContract):
     async def sink(self, settings: Settings) -> AsyncIterator[DeadLetterPublisher]:
         # One partition: Kafka keeps order per partition, and the contract's
         # "in order" is about the letters, not the partitioner.
-        await ensure_topics(settings, [settings.dlq_topic], partitions=1)
-        sink = DeadLetterPublisher(settings)
+        await ensure_topics(settings.kafka, settings.topics, [settings.topics.dlq], partitions=1)
+        sink = DeadLetterPublisher(settings.kafka, settings.topics.dlq)
         await sink.start()
         try:
             yield sink
@@ -54,6 +54,8 @@ class TestKafkaDeadLetterSink(DeadLetterSinkContract):
     @pytest.fixture
     def delivered(self, settings: Settings) -> Delivered:
         async def letters():  # type: ignore[no-untyped-def]
-            return [(m.key, m.value, list(m.headers)) for m in await read_topic(settings, settings.dlq_topic)]
+            return [
+                (m.key, m.value, list(m.headers)) for m in await read_topic(settings, settings.topics.dlq)
+            ]
 
         return letters

@@ -16,7 +16,7 @@ from tracker.config import Settings
 class TestPostgresProjectionStore(PostgresProjectionStoreContract):
     @pytest.fixture
     async def pool(self, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-        pool = await connect_pool(settings, max_size=2)
+        pool = await connect_pool(settings.database, max_size=2)
         try:
             yield pool
         finally:

@@ -87,7 +87,7 @@ async def test_sigkilled_worker_ends_with_the_same_projection(settings: Settings
 
 
 async def _checkpointed(settings: Settings) -> int:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         return int(await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM projection_checkpoints"))
     finally:
@@ -109,7 +109,7 @@ async def test_replay_under_load_swaps_without_downtime(settings: Settings) -> N
     seen_counts: list[int] = []
 
     async def reader() -> None:
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
         try:
             while not stop.is_set():
                 n, incomplete = await conn.fetchrow(
@@ -151,7 +151,7 @@ async def test_replay_under_load_swaps_without_downtime(settings: Settings) -> N
     assert all(b >= a for a, b in itertools.pairwise(seen_counts)), seen_counts
     assert live.stats.generation_switches >= 1
     assert_same_projection(*(await projection_vs_store(settings)))
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         tables = {
             r["tablename"]

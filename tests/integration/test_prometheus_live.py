@@ -201,10 +201,10 @@ async def test_live_scrape_dashboards_and_rules(
             events += sim.events
             failed += sim.failed_frames
             if wave == 1:
-                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+                producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
                 await producer.start()
                 try:
-                    await producer.send_and_wait(settings.camera_topic, b"not avro", key=b"broken-frame")
+                    await producer.send_and_wait(settings.topics.camera, b"not avro", key=b"broken-frame")
                 finally:
                     await producer.stop()
             await _poll(
@@ -215,7 +215,7 @@ async def test_live_scrape_dashboards_and_rules(
         assert failed > 0
         # tracker serve refreshes its view every 15 s: wait until it covers
         # every partition, then for a rule evaluation after the last change.
-        partitions = len(settings.event_topics) * settings.topic_partitions
+        partitions = len(settings.topics.events) * settings.topics.partitions
 
         async def serve_reported() -> bool:
             counts = [
@@ -227,7 +227,7 @@ async def test_live_scrape_dashboards_and_rules(
         await _poll(serve_reported, "tracker serve to export the lag of every partition")
         await asyncio.sleep(1)
 
-        conn = await asyncpg.connect(settings.database_url.get())
+        conn = await asyncpg.connect(settings.database.url.get())
         try:
             cameras = [
                 r[0] for r in await conn.fetch("SELECT DISTINCT camera_id FROM frame_events ORDER BY 1")
@@ -295,7 +295,7 @@ async def test_live_scrape_dashboards_and_rules(
         for family in (*WORKER_LAG_FAMILIES, *SERVE_LAG_FAMILIES):
             got = sorted((s["topic"], s["partition"]) for s in lag_series if s["__name__"] == family)
             want = sorted(
-                (t, str(p)) for t in settings.event_topics for p in range(settings.topic_partitions)
+                (t, str(p)) for t in settings.topics.events for p in range(settings.topics.partitions)
             )
             if got != want:
                 problems.append(f"{family}: series for {got}, expected each partition once: {want}")

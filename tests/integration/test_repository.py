@@ -29,7 +29,7 @@ pytestmark = pytest.mark.faults
 
 
 async def _stored(settings: Settings, frame_id: str) -> Counter[str]:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         rows = await conn.fetch("SELECT event_id::text FROM frame_events WHERE frame_id = $1", frame_id)
         return Counter(r[0] for r in rows)

@@ -18,8 +18,8 @@ from tracker.store.consumer import EventStoreConsumer
 
 async def _connections(settings: Settings) -> int:
     """Sessions open on the test's database, other than the one asking."""
-    dbname = settings.database_url.get().rsplit("/", 1)[1]
-    conn = await asyncpg.connect(settings.database_url.get())
+    dbname = settings.database.url.get().rsplit("/", 1)[1]
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         return int(
             await conn.fetchval(
@@ -79,7 +79,7 @@ async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Setting
     from tracker.runtime.worker import _Rebalance
 
     for worker in (EventStoreConsumer(settings), ProjectionWorker(settings)):
-        kept, moved = TopicPartition(settings.camera_topic, 0), TopicPartition(settings.camera_topic, 1)
+        kept, moved = TopicPartition(settings.topics.camera, 0), TopicPartition(settings.topics.camera, 1)
         for tp in (kept, moved):
             gauge, labels = worker.lag_series(tp)
             gauge.labels(*labels).set(42)
@@ -90,7 +90,7 @@ async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Setting
             if isinstance(worker, EventStoreConsumer)
             else ("tracker_projection_lag_records")
         )
-        topic = settings.camera_topic
+        topic = settings.topics.camera
         series = [line for line in text.splitlines() if line.startswith(name + "{") and topic in line]
         assert len(series) == 1 and 'partition="0"' in series[0], series
         gauge, labels = worker.lag_series(kept)

@@ -30,9 +30,9 @@ async def test_query_side_cannot_write(settings: Settings) -> None:
 async def test_secrets_never_reach_output_or_logs(settings: Settings) -> None:
     leaky = Settings.from_env(
         database_url=Secret("postgresql://tracker:hunter2-secret@127.0.0.1:1/tracker"),
-        kafka_bootstrap=settings.kafka_bootstrap,
-        topic_prefix=settings.topic_prefix,
-        group_prefix=settings.group_prefix,
+        kafka_bootstrap=settings.kafka.bootstrap,
+        topic_prefix=settings.topics.prefix,
+        group_prefix=settings.groups.prefix,
         api_token=Secret("token-xyz"),
         kafka_sasl_password=Secret("sasl-pw"),
     )

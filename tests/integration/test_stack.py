@@ -12,8 +12,8 @@ from tracker.config import Settings
 
 
 async def test_kafka_round_trip_with_aiokafka(settings: Settings) -> None:
-    topic = f"{settings.topic_prefix}.smoke"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    topic = f"{settings.topics.prefix}.smoke"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
@@ -21,7 +21,7 @@ async def test_kafka_round_trip_with_aiokafka(settings: Settings) -> None:
     finally:
         await admin.close()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True
     )
     await producer.start()
     payload = uuid.uuid4().bytes
@@ -31,8 +31,8 @@ async def test_kafka_round_trip_with_aiokafka(settings: Settings) -> None:
         await producer.stop()
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.group_prefix}.smoke",
+        bootstrap_servers=settings.kafka.bootstrap,
+        group_id=f"{settings.groups.prefix}.smoke",
         auto_offset_reset="earliest",
     )
     await consumer.start()

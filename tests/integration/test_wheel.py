@@ -203,14 +203,14 @@ async def test_migrate_from_the_installed_wheel(installed: Installed, settings: 
     assert report["applied"] == [] and report["already_applied"] == len(SQL_FILES)
 
     # An empty schema: the wheel's migrations create everything.
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     finally:
         await conn.close()
     report = json.loads(installed.run(tracker_bin, "migrate", "--json", env=env).stdout)
     assert report["applied"] == names
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(SQL_FILES)
         assert await conn.fetchval("SELECT to_regclass('frame_events') IS NOT NULL")

@@ -108,8 +108,8 @@ def declared_ports(svc: dict[str, Any]) -> set[int]:
 def tracker_ports(svc: dict[str, Any]) -> set[int]:
     """Ports a `tracker` container really listens on, from its command and
     environment: `--metrics-port N` (0 disables it), and for `serve` the API
-    port (`--port N`, else TRACKER_API_PORT, else the Settings default)."""
-    from tracker.config import Settings
+    port (`--port N`, else TRACKER_API_PORT, else the ApiSettings default)."""
+    from tracker.config import ApiSettings
 
     ports: set[int] = set()
     args = command_args(svc)
@@ -119,7 +119,7 @@ def tracker_ports(svc: dict[str, Any]) -> set[int]:
             ports.add(int(value))
     if args[:1] == ["serve"] and flag_value(args, "--port") is None:
         env = environment_of(svc)
-        ports.add(int(env.get("TRACKER_API_PORT", Settings().api_port)))
+        ports.add(int(env.get("TRACKER_API_PORT", str(ApiSettings().port))))
     return ports
 
 

@@ -12,7 +12,6 @@ size 1 to it at any moment.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import selectors
 import shutil
@@ -30,7 +29,7 @@ import pytest
 import pytest_asyncio
 
 from tracker.adapters.postgres import MigrationReport, connect, migrate
-from tracker.config import Secret, Settings
+from tracker.config import Settings
 
 HERE = Path(__file__).resolve().parent
 SERVER_SCRIPT = HERE / "server.mjs"
@@ -62,13 +61,13 @@ class TimescaleServer:
 
     def settings(self, **overrides: object) -> Settings:
         """Settings for the harness: no TLS, and pools of one connection."""
-        return Settings(
-            database_url=Secret(self.dsn),
-            database_sslmode="disable",
-            database_pool_size=1,
-            topic_prefix="ts.frames",
-            **overrides,  # type: ignore[arg-type]
-        )
+        harness = {
+            "database_url": self.dsn,
+            "database_sslmode": "disable",
+            "database_pool_size": 1,
+            "topic_prefix": "ts.frames",
+        }
+        return Settings.from_env({}, **{**harness, **overrides})
 
     def stderr(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -161,7 +160,7 @@ class MigratedServer:
 
 
 async def migrated(server: TimescaleServer) -> MigratedServer:
-    conn = await connect(server.settings())
+    conn = await connect(server.settings().database)
     warnings: list[str] = []
     conn.add_log_listener(
         lambda _c, msg: warnings.append(msg.message) if msg.severity in ("WARNING", "ERROR") else None
@@ -201,11 +200,10 @@ def _base() -> Settings:
 
 
 def _with_db(base: Settings, name: str) -> Settings:
-    parts = urlsplit(base.database_url.get())
-    return dataclasses.replace(
-        base,
-        database_url=Secret(urlunsplit(parts._replace(path=f"/{name}"))),
-        query_database_url=Secret(""),
+    parts = urlsplit(base.database.url.get())
+    return base.with_overrides(
+        database_url=urlunsplit(parts._replace(path=f"/{name}")),
+        query_database_url="",
         database_pool_size=1,
         topic_prefix="ts.frames",
     )
@@ -218,7 +216,7 @@ async def plain_postgres() -> AsyncIterator[Settings]:
     base = _base()
     name = f"tracker_ts_compare_{uuid.uuid4().hex[:10]}"
     try:
-        admin = await asyncpg.connect(base.database_url.get(), timeout=10)
+        admin = await asyncpg.connect(base.database.url.get(), timeout=10)
     except (OSError, asyncpg.PostgresError) as e:
         pytest.fail(f"local PostgreSQL not reachable ({e}): run `make stack-up`", pytrace=False)
     try:
@@ -227,7 +225,7 @@ async def plain_postgres() -> AsyncIterator[Settings]:
         await admin.close()
     settings = _with_db(base, name)
     try:
-        conn = await connect(settings)
+        conn = await connect(settings.database)
         try:
             report = await migrate(conn)
             assert not report.timescaledb, "the local PostgreSQL is expected to be plain PostgreSQL"
@@ -235,7 +233,7 @@ async def plain_postgres() -> AsyncIterator[Settings]:
             await conn.close()
         yield settings
     finally:
-        admin = await asyncpg.connect(base.database_url.get(), timeout=10)
+        admin = await asyncpg.connect(base.database.url.get(), timeout=10)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -251,9 +249,9 @@ def run_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
     env.update(
-        TRACKER_DATABASE_URL=settings.database_url.get(),
-        TRACKER_DATABASE_SSLMODE=settings.database_sslmode,
-        TRACKER_DATABASE_POOL_SIZE=str(settings.database_pool_size),
+        TRACKER_DATABASE_URL=settings.database.url.get(),
+        TRACKER_DATABASE_SSLMODE=settings.database.sslmode,
+        TRACKER_DATABASE_POOL_SIZE=str(settings.database.pool_size),
         TRACKER_LOG_FORMAT="text",
     )
     proc = subprocess.run(

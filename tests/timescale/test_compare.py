@@ -61,7 +61,7 @@ async def filled(timescale: MigratedServer, plain_postgres: Settings) -> Filled:
     harness = timescale.server.settings()
     stats = {}
     for name, settings in (("timescaledb", harness), ("postgresql", plain_postgres)):
-        pool = await connect_pool(settings, min_size=1, max_size=1)
+        pool = await connect_pool(settings.database, min_size=1, max_size=1)
         try:
             stats[name] = await write_history(pool, history)
         finally:
@@ -70,7 +70,7 @@ async def filled(timescale: MigratedServer, plain_postgres: Settings) -> Filled:
 
 
 async def _counts(settings: Settings) -> dict[str, int]:
-    conn = await asyncpg.connect(settings.database_url.get(), ssl=False)
+    conn = await asyncpg.connect(settings.database.url.get(), ssl=False)
     try:
         return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in TABLES}
     finally:
@@ -83,7 +83,7 @@ async def test_the_history_is_written_the_same_through_the_write_path(filled: Fi
     assert ts.stored == h.events and ts.duplicates == len(h.batches[0]) and ts.flagged > 0
     assert len(h.frame_ids) == 300 and h.failed_frame_ids
     assert await _counts(filled.harness) == await _counts(filled.plain)
-    conn = await asyncpg.connect(filled.harness.database_url.get(), ssl=False)
+    conn = await asyncpg.connect(filled.harness.database.url.get(), ssl=False)
     try:
         chunks = {
             r[0]: r[1]
@@ -121,7 +121,7 @@ async def test_every_query_answers_the_same(filled: Filled) -> None:
 
 async def _dashboards(settings: Settings, frames: dict[str, str]) -> dict[str, object]:
     now = datetime.now(UTC)
-    conn = await asyncpg.connect(settings.database_url.get(), ssl=False)
+    conn = await asyncpg.connect(settings.database.url.get(), ssl=False)
     try:
         return await dashboard_answers(conn, frames, now - timedelta(hours=HOURS), now + timedelta(hours=1))
     finally:
@@ -129,7 +129,7 @@ async def _dashboards(settings: Settings, frames: dict[str, str]) -> dict[str, o
 
 
 async def _frames_by_state(settings: Settings) -> dict[str, str]:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         return {
             state: await conn.fetchval(
@@ -160,7 +160,7 @@ async def test_compressed_chunks_answer_the_same(filled: Filled) -> None:
     harness) compresses the day; a redelivered batch and a late event still go
     in (the event store's INSERT .. ON CONFLICT DO NOTHING on a compressed
     chunk), and every answer is still the plain PostgreSQL one."""
-    conn = await asyncpg.connect(filled.harness.database_url.get(), ssl=False)
+    conn = await asyncpg.connect(filled.harness.database.url.get(), ssl=False)
     try:
         job = await conn.fetchval(
             "SELECT job_id FROM timescaledb_information.jobs "
@@ -185,7 +185,7 @@ async def test_compressed_chunks_answer_the_same(filled: Filled) -> None:
 
     late = late_history(filled.history)
     for settings in (filled.harness, filled.plain):
-        pool = await connect_pool(settings, min_size=1, max_size=1)
+        pool = await connect_pool(settings.database, min_size=1, max_size=1)
         try:
             # The first batch once more (write_events then redelivers it again).
             redelivery = History([filled.history.batches[0]], [], [], [])
@@ -210,7 +210,7 @@ async def test_compressed_chunks_answer_the_same(filled: Filled) -> None:
 
 
 async def test_004_does_nothing_on_plain_postgresql(plain_postgres: Settings) -> None:
-    conn = await asyncpg.connect(plain_postgres.database_url.get())
+    conn = await asyncpg.connect(plain_postgres.database.url.get())
     try:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations WHERE version = 4") == 1
         assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == 0

@@ -22,7 +22,7 @@ class TestTimescaleProjectionStore(PostgresProjectionStoreContract):
     @pytest.fixture
     async def pool(self, fresh_timescale: MigratedServer) -> AsyncIterator[asyncpg.Pool]:
         # One connection: the harness serves one at a time.
-        pool = await connect_pool(fresh_timescale.server.settings(), max_size=1)
+        pool = await connect_pool(fresh_timescale.server.settings().database, max_size=1)
         try:
             generations = PostgresGenerations(pool)
             await generations.swap_in(await generations.new_generation())

@@ -60,7 +60,7 @@ async def two_days(fresh_timescale: MigratedServer, plain_postgres: Settings) ->
     assert history.days == {first, second}
     harness = fresh_timescale.server.settings()
     for settings in (harness, plain_postgres):
-        pool = await connect_pool(settings, min_size=1, max_size=1)
+        pool = await connect_pool(settings.database, min_size=1, max_size=1)
         try:
             await write_history(pool, history)
         finally:
@@ -83,7 +83,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
     first, second = two_days.first_day.isoformat(), two_days.second_day.isoformat()
     before = {}
     for name, settings in (("timescaledb", two_days.harness), ("postgresql", two_days.plain)):
-        conn = await asyncpg.connect(settings.database_url.get(), ssl=False)
+        conn = await asyncpg.connect(settings.database.url.get(), ssl=False)
         try:
             before[name] = await _per_day(conn)
             assert await projection_problems(conn) == []
@@ -116,7 +116,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
 
     after = {}
     for name, settings in (("timescaledb", two_days.harness), ("postgresql", two_days.plain)):
-        conn = await asyncpg.connect(settings.database_url.get(), ssl=False)
+        conn = await asyncpg.connect(settings.database.url.get(), ssl=False)
         try:
             after[name] = await _per_day(conn)
             assert await projection_problems(conn) == [], name
@@ -137,7 +137,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
     window = (now - timedelta(hours=HOURS), now + timedelta(hours=1))
     answers = []
     for settings in (two_days.harness, two_days.plain):
-        conn = await asyncpg.connect(settings.database_url.get(), ssl=False)
+        conn = await asyncpg.connect(settings.database.url.get(), ssl=False)
         try:
             frame = await conn.fetchval("SELECT frame_id FROM frame_metadata ORDER BY frame_id LIMIT 1")
             answers.append(await dashboard_answers(conn, {"first": frame}, *window))
@@ -149,7 +149,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
 async def test_the_retention_job_drops_every_table_in_one_go(two_days: TwoDays) -> None:
     """sql/004's job, run by hand (no background workers in the harness), with
     a drop_after that reaches today's midnight: nothing older is left anywhere."""
-    conn = await asyncpg.connect(two_days.harness.database_url.get(), ssl=False)
+    conn = await asyncpg.connect(two_days.harness.database.url.get(), ssl=False)
     try:
         job = await conn.fetchval(
             "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'tracker_retention_job'"

@@ -95,7 +95,7 @@ def test_tracker_settings_accept_the_environment(compose: dict[str, Any]) -> Non
     for name, svc in tracker_services(compose).items():
         env = environment_of(svc)
         settings = Settings.from_env(env)
-        assert settings.kafka_bootstrap == env["TRACKER_KAFKA_BOOTSTRAP"], name
+        assert settings.kafka.bootstrap == env["TRACKER_KAFKA_BOOTSTRAP"], name
 
 
 @pytest.mark.parametrize(

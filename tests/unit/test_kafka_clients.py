@@ -20,17 +20,17 @@ from tracker.adapters.kafka import (
     messaging_attributes,
     server_address,
 )
-from tracker.config import Settings
+from tracker.config import KafkaSettings, Settings
 
 
 def test_client_id_names_the_role_and_the_instance() -> None:
-    assert client_id(Settings(instance_id="worker-7"), "event-store") == "tracker-event-store-worker-7"
+    assert client_id(KafkaSettings(instance_id="worker-7"), "event-store") == "tracker-event-store-worker-7"
     # without an instance id: this host and process
-    assert client_id(Settings(), "dlq") == f"tracker-dlq-{socket.gethostname()}-{os.getpid()}".replace(
+    assert client_id(KafkaSettings(), "dlq") == f"tracker-dlq-{socket.gethostname()}-{os.getpid()}".replace(
         " ", "_"
     )
     # characters brokers and logs do not like become "_"
-    assert client_id(Settings(instance_id="pod 1"), "publisher-cam/7") == "tracker-publisher-cam_7-pod_1"
+    assert client_id(KafkaSettings(instance_id="pod 1"), "publisher-cam/7") == "tracker-publisher-cam_7-pod_1"
 
 
 @pytest.mark.parametrize(
@@ -45,12 +45,12 @@ def test_client_id_names_the_role_and_the_instance() -> None:
     ],
 )
 def test_server_address_is_the_first_bootstrap_server(bootstrap: str, expected: tuple[str, int]) -> None:
-    assert server_address(Settings(kafka_bootstrap=bootstrap)) == expected
+    assert server_address(KafkaSettings(bootstrap=bootstrap)) == expected
 
 
 def test_messaging_attributes() -> None:
-    s = Settings(kafka_bootstrap="kafka:9092,other:9092", instance_id="i1")
-    assert messaging_attributes(s, "event-store") == {
+    broker = KafkaSettings(bootstrap="kafka:9092,other:9092", instance_id="i1")
+    assert messaging_attributes(broker, "event-store") == {
         "server.address": "kafka",
         "server.port": 9092,
         "messaging.client.id": "tracker-event-store-i1",
@@ -75,16 +75,16 @@ def built(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str,
 
 
 def test_each_constructor_sets_the_client_id(built: list[tuple[str, dict[str, Any]]]) -> None:
-    s = Settings(instance_id="i1")
-    make_producer(s, role="dlq")
-    make_consumer(s, "topic", group_id="g", role="event-store")
-    make_admin(s, role="status")
+    broker = KafkaSettings(instance_id="i1")
+    make_producer(broker, role="dlq")
+    make_consumer(broker, "topic", group_id="g", role="event-store")
+    make_admin(broker, role="status")
     # without a role: what kind of client it is
-    make_producer(s)
-    make_consumer(s, group_id=None)
-    make_admin(s)
+    make_producer(broker)
+    make_consumer(broker, group_id=None)
+    make_admin(broker)
     # an explicit client_id still wins
-    make_producer(s, role="dlq", client_id="mine")
+    make_producer(broker, role="dlq", client_id="mine")
     assert [(kind, kw["client_id"]) for kind, kw in built] == [
         ("AIOKafkaProducer", "tracker-dlq-i1"),
         ("AIOKafkaConsumer", "tracker-event-store-i1"),
@@ -100,7 +100,7 @@ async def test_the_publishers_name_their_roles(built: list[tuple[str, dict[str, 
     from tracker.adapters.dead_letters import DeadLetterPublisher
     from tracker.publisher import FramePublisher
 
-    s = Settings(instance_id="i1")
+    s = Settings.from_env({}, instance_id="i1")
     FramePublisher(s, producer_name="processor")
-    DeadLetterPublisher(s)
+    DeadLetterPublisher(s.kafka, s.topics.dlq)
     assert [kw["client_id"] for _, kw in built] == ["tracker-publisher-processor-i1", "tracker-dlq-i1"]

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from tracker.adapters.kafka import make_consumer, make_producer, topic_partitions
-from tracker.config import Settings
+from tracker.config import KafkaSettings, TopicSettings
 from tracker.errors import BrokerError, DecodeError
 from tracker.metrics import dlq_records
 from tracker.store.ports import ERROR_PREFIX, DeadLetterSink, SourceRecord, dead_letter_headers
@@ -31,10 +31,10 @@ class DeadLetterPublisher(DeadLetterSink):
     dead letters and waits for their acknowledgement, because the consumer
     commits a poison record's offset only once its dead letter is durable."""
 
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, topic: str, producer: AIOKafkaProducer | None = None) -> None:
+        self.topic = topic
         self._producer = producer or make_producer(
-            settings, role="dlq", max_request_size=8 * 1024 * 1024, linger_ms=0
+            kafka, role="dlq", max_request_size=8 * 1024 * 1024, linger_ms=0
         )
 
     async def start(self) -> None:
@@ -50,12 +50,10 @@ class DeadLetterPublisher(DeadLetterSink):
         try:
             for msg, error in dead:
                 key, value, headers = dead_letter_record(msg, error)
-                futures.append(
-                    await self._producer.send(self.settings.dlq_topic, key=key, value=value, headers=headers)
-                )
+                futures.append(await self._producer.send(self.topic, key=key, value=value, headers=headers))
             await asyncio.gather(*futures)
         except KafkaError as e:
-            raise BrokerError(f"cannot write to {self.settings.dlq_topic}: {e}", retriable=True) from e
+            raise BrokerError(f"cannot write to {self.topic}: {e}", retriable=True) from e
         for msg, error in dead:
             dlq_records.labels(msg.topic, type(error).__name__).inc()
             log.warning(
@@ -114,12 +112,14 @@ class DeadLetter:
         }
 
 
-async def read_dead_letters(settings: Settings, *, limit: int = 1000) -> list[DeadLetter]:
+async def read_dead_letters(
+    kafka: KafkaSettings, topics: TopicSettings, *, limit: int = 1000
+) -> list[DeadLetter]:
     """Read the dead-letter topic from the start (no group, nothing committed)."""
-    consumer = make_consumer(settings, group_id=None, role="dlq", isolation_level="read_uncommitted")
+    consumer = make_consumer(kafka, group_id=None, role="dlq", isolation_level="read_uncommitted")
     out: list[DeadLetter] = []
     try:
-        tps = await topic_partitions(settings, [settings.dlq_topic])
+        tps = await topic_partitions(kafka, [topics.dlq])
         if not tps:
             return []
         await consumer.start()
@@ -138,23 +138,26 @@ async def read_dead_letters(settings: Settings, *, limit: int = 1000) -> list[De
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     except KafkaError as e:
-        raise BrokerError(f"cannot read {settings.dlq_topic}: {e}", retriable=e.retriable) from e
+        raise BrokerError(f"cannot read {topics.dlq}: {e}", retriable=e.retriable) from e
     finally:
         await consumer.stop()
     out.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset))
     return out[:limit]
 
 
-async def replay_dead_letters(settings: Settings, letters: Sequence[DeadLetter]) -> int:
-    """Re-publish dead letters to their original topics, without the error headers."""
-    producer = make_producer(settings, role="dlq", max_request_size=8 * 1024 * 1024)
+async def replay_dead_letters(
+    kafka: KafkaSettings, topics: TopicSettings, letters: Sequence[DeadLetter]
+) -> int:
+    """Re-publish dead letters to their original topics (those of ``topics.events``),
+    without the error headers."""
+    producer = make_producer(kafka, role="dlq", max_request_size=8 * 1024 * 1024)
     sent = 0
     try:
         await producer.start()
         futures = []
         for d in letters:
             topic = d.error("topic")
-            if topic not in settings.event_topics:
+            if topic not in topics.events:
                 log.warning(
                     "dead letter %d@%d has no known source topic %r; skipped", d.partition, d.offset, topic
                 )

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from tracker.config import Settings
+from tracker.config import BatchSettings, KafkaSettings, TopicSettings
 from tracker.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -31,23 +31,23 @@ DEFAULT_KAFKA_PORT = 9092
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def instance_name(settings: Settings) -> str:
+def instance_name(kafka: KafkaSettings) -> str:
     """This process among its peers: ``TRACKER_INSTANCE_ID`` if set, else ``<hostname>-<pid>``."""
-    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+    return kafka.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def client_id(settings: Settings, role: str) -> str:
+def client_id(kafka: KafkaSettings, role: str) -> str:
     """``tracker-<role>-<instance>``: the role (``event-store``, ``projections``,
     ``publisher-<producer name>``, ``dlq``, ``admin``, ``replay``, ``status``)
     and the instance (:func:`instance_name`), with characters other than
     letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
-    return _UNSAFE.sub("_", f"tracker-{role}-{instance_name(settings)}")
+    return _UNSAFE.sub("_", f"tracker-{role}-{instance_name(kafka)}")
 
 
-def server_address(settings: Settings) -> tuple[str, int]:
+def server_address(kafka: KafkaSettings) -> tuple[str, int]:
     """Host and port of the first bootstrap server (what spans report as
     ``server.address`` and ``server.port``); the port defaults to 9092."""
-    first = settings.kafka_bootstrap.split(",")[0].strip()
+    first = kafka.bootstrap.split(",")[0].strip()
     if first.startswith("["):  # [IPv6]:port
         host, _, rest = first[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
@@ -58,36 +58,36 @@ def server_address(settings: Settings) -> tuple[str, int]:
     return host, int(port) if port.isdigit() else DEFAULT_KAFKA_PORT
 
 
-def messaging_attributes(settings: Settings, role: str) -> dict[str, str | int]:
+def messaging_attributes(kafka: KafkaSettings, role: str) -> dict[str, str | int]:
     """The span attributes that say which broker and which client: ``server.address``,
     ``server.port`` and ``messaging.client.id`` (that of the client made with ``role``)."""
-    host, port = server_address(settings)
-    return {"server.address": host, "server.port": port, "messaging.client.id": client_id(settings, role)}
+    host, port = server_address(kafka)
+    return {"server.address": host, "server.port": port, "messaging.client.id": client_id(kafka, role)}
 
 
-def client_kwargs(settings: Settings) -> dict[str, Any]:
+def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """Connection and security options shared by producers, consumers and admin."""
     kw: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
+        "bootstrap_servers": kafka.bootstrap,
+        "security_protocol": kafka.security_protocol,
     }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
-        if settings.kafka_ssl_certfile:
-            ctx.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
+        if kafka.ssl_certfile:
+            ctx.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile or None)
         kw["ssl_context"] = ctx
-    if settings.kafka_sasl_mechanism:
-        kw["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kw["sasl_plain_username"] = settings.kafka_sasl_username
-        kw["sasl_plain_password"] = settings.kafka_sasl_password.get()
+    if kafka.sasl_mechanism:
+        kw["sasl_mechanism"] = kafka.sasl_mechanism
+        kw["sasl_plain_username"] = kafka.sasl_username
+        kw["sasl_plain_password"] = kafka.sasl_password.get()
     return kw
 
 
-def make_producer(settings: Settings, *, role: str = "producer", **overrides: Any) -> AIOKafkaProducer:
+def make_producer(kafka: KafkaSettings, *, role: str = "producer", **overrides: Any) -> AIOKafkaProducer:
     """Idempotent, ``acks=all``: a retried send after a broker bounce is not duplicated.
     ``role`` names the client (:func:`client_id`)."""
     kw: dict[str, Any] = {
-        "client_id": client_id(settings, role),
+        "client_id": client_id(kafka, role),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -96,16 +96,16 @@ def make_producer(settings: Settings, *, role: str = "producer", **overrides: An
         "retry_backoff_ms": 200,
     }
     kw.update(overrides)
-    return AIOKafkaProducer(**client_kwargs(settings), **kw)
+    return AIOKafkaProducer(**client_kwargs(kafka), **kw)
 
 
 def make_consumer(
-    settings: Settings, *topics: str, group_id: str | None, role: str = "consumer", **overrides: Any
+    kafka: KafkaSettings, *topics: str, group_id: str | None, role: str = "consumer", **overrides: Any
 ) -> AIOKafkaConsumer:
     """A consumer without auto-commit, reading committed records only; ``role``
     names the client (:func:`client_id`)."""
     kw: dict[str, Any] = {
-        "client_id": client_id(settings, role),
+        "client_id": client_id(kafka, role),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -115,39 +115,39 @@ def make_consumer(
         # (back-pressure), never a growing buffer.
         "max_partition_fetch_bytes": 1024 * 1024,
         "fetch_max_bytes": 16 * 1024 * 1024,
-        "session_timeout_ms": settings.kafka_session_timeout_ms,
-        "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 4),
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(500, kafka.session_timeout_ms // 4),
         # Our batches can wait on a database outage with retries; allow that
         # without being evicted from the group (heartbeats keep running).
         "max_poll_interval_ms": 600_000,
     }
-    if group_id and settings.instance_id:
+    if group_id and kafka.instance_id:
         # Static membership: one id per worker *and* group.
-        kw["group_instance_id"] = f"{settings.instance_id}:{group_id}"
+        kw["group_instance_id"] = f"{kafka.instance_id}:{group_id}"
     kw.update(overrides)
-    return AIOKafkaConsumer(*topics, **client_kwargs(settings), **kw)
+    return AIOKafkaConsumer(*topics, **client_kwargs(kafka), **kw)
 
 
 async def next_batch(
     consumer: AIOKafkaConsumer,
-    settings: Settings,
+    batching: BatchSettings,
     *,
     stopping: asyncio.Event | None = None,
 ) -> dict[TopicPartition, list[Any]]:
-    """The next batch: up to ``batch_max_records`` records, gathered for at most
-    ``batch_linger_ms`` after the first one arrived (``{}`` after
-    ``batch_timeout_ms`` without any).
+    """The next batch: up to ``max_records`` records, gathered for at most
+    ``linger_ms`` after the first one arrived (``{}`` after ``timeout_ms``
+    without any).
 
     ``getmany`` alone returns whatever is buffered, which under a steady trickle
     means batches of a few records, each paying a whole transaction. Records of
     one partition stay in offset order.
     """
-    limit = settings.batch_max_records
-    batch = await consumer.getmany(timeout_ms=settings.batch_timeout_ms, max_records=limit)
-    if not batch or settings.batch_linger_ms <= 0:
+    limit = batching.max_records
+    batch = await consumer.getmany(timeout_ms=batching.timeout_ms, max_records=limit)
+    if not batch or batching.linger_ms <= 0:
         return batch
     n = sum(len(v) for v in batch.values())
-    deadline = asyncio.get_running_loop().time() + settings.batch_linger_ms / 1000
+    deadline = asyncio.get_running_loop().time() + batching.linger_ms / 1000
     while n < limit and not (stopping is not None and stopping.is_set()):
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
@@ -165,19 +165,20 @@ async def next_batch(
     return batch
 
 
-def make_admin(settings: Settings, *, role: str = "admin") -> AIOKafkaAdminClient:
+def make_admin(kafka: KafkaSettings, *, role: str = "admin") -> AIOKafkaAdminClient:
     """An admin client; ``role`` names it (:func:`client_id`)."""
     return AIOKafkaAdminClient(
-        **client_kwargs(settings), client_id=client_id(settings, role), request_timeout_ms=15_000
+        **client_kwargs(kafka), client_id=client_id(kafka, role), request_timeout_ms=15_000
     )
 
 
 async def ensure_topics(
-    settings: Settings, topics: Iterable[str], *, partitions: int | None = None
+    kafka: KafkaSettings, topics: TopicSettings, names: Iterable[str], *, partitions: int | None = None
 ) -> list[str]:
-    """Create the topics that are missing; return the ones created."""
-    wanted = list(dict.fromkeys(topics))
-    admin = make_admin(settings)
+    """Create the topics ``names`` that are missing (with ``topics``' partitions,
+    unless ``partitions`` says otherwise, and replication factor); return the ones created."""
+    wanted = list(dict.fromkeys(names))
+    admin = make_admin(kafka)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -186,8 +187,8 @@ async def ensure_topics(
             new = [
                 NewTopic(
                     t,
-                    num_partitions=partitions or settings.topic_partitions,
-                    replication_factor=settings.topic_replication_factor,
+                    num_partitions=partitions or topics.partitions,
+                    replication_factor=topics.replication_factor,
                 )
                 for t in missing
             ]
@@ -203,9 +204,9 @@ async def ensure_topics(
         await admin.close()
 
 
-async def topic_partitions(settings: Settings, topics: Iterable[str]) -> list[TopicPartition]:
+async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
     """Every partition of the given topics (missing topics contribute none)."""
-    admin = make_admin(settings)
+    admin = make_admin(kafka)
     try:
         await admin.start()
         described = await admin.describe_topics(list(topics))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from tracker.config import Settings
+from tracker.config import DatabaseSettings
 from tracker.errors import DatabaseUnavailable, MigrationError, StorageError
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ async def retry_while_unavailable(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _ssl_arg(settings: Settings) -> Any:
-    mode = settings.database_sslmode
+def _ssl_arg(database: DatabaseSettings) -> Any:
+    mode = database.sslmode
     if not mode:
         return None
     if mode == "disable":
@@ -135,7 +135,7 @@ def _ssl_arg(settings: Settings) -> Any:
 
 
 async def connect_pool(
-    settings: Settings,
+    database: DatabaseSettings,
     *,
     dsn: str | None = None,
     min_size: int = 1,
@@ -143,16 +143,18 @@ async def connect_pool(
     timeout: float = 10.0,
     **pool_options: Any,
 ) -> asyncpg.Pool:
-    """Create a pool; a database that is down gives :class:`DatabaseUnavailable`."""
+    """Create a pool of at most ``max_size`` (default: ``database.pool_size``)
+    connections to ``dsn`` (default: ``database.url``); a database that is down
+    gives :class:`DatabaseUnavailable`."""
     kwargs: dict[str, Any] = {}
-    ssl_arg = _ssl_arg(settings)
+    ssl_arg = _ssl_arg(database)
     if ssl_arg is not None:
         kwargs["ssl"] = ssl_arg
     try:
         pool = await asyncpg.create_pool(
-            dsn or settings.database_url.get(),
+            dsn or database.url.get(),
             min_size=min_size,
-            max_size=max_size or settings.database_pool_size,
+            max_size=max_size or database.pool_size,
             timeout=timeout,
             command_timeout=120,
             **kwargs,
@@ -164,13 +166,15 @@ async def connect_pool(
     return pool
 
 
-async def connect(settings: Settings, *, dsn: str | None = None, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(
+    database: DatabaseSettings, *, dsn: str | None = None, timeout: float = 10.0
+) -> asyncpg.Connection:
     kwargs: dict[str, Any] = {}
-    ssl_arg = _ssl_arg(settings)
+    ssl_arg = _ssl_arg(database)
     if ssl_arg is not None:
         kwargs["ssl"] = ssl_arg
     try:
-        return await asyncpg.connect(dsn or settings.database_url.get(), timeout=timeout, **kwargs)
+        return await asyncpg.connect(dsn or database.url.get(), timeout=timeout, **kwargs)
     except _DRIVER_ERRORS as e:
         raise translate(e) from e
 

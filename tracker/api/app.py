@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.config import Settings
+from tracker.config import KafkaSettings, Settings
 from tracker.errors import InvalidQuery, TrackerError, http_status
 from tracker.metrics import exposition
 from tracker.queries import FrameTrackingQueries
@@ -168,8 +168,8 @@ async def stage_stats(request: web.Request) -> web.Response:
 class Readiness:
     """Kafka and PostgreSQL reachability, each with a short timeout."""
 
-    def __init__(self, settings: Settings, queries: FrameTrackingQueries) -> None:
-        self.settings = settings
+    def __init__(self, kafka: KafkaSettings, queries: FrameTrackingQueries) -> None:
+        self.kafka = kafka
         self.queries = queries
 
     async def check(self) -> dict[str, dict[str, Any]]:
@@ -186,7 +186,7 @@ class Readiness:
     async def _kafka(self) -> dict[str, Any]:
         from tracker.adapters.kafka import make_admin
 
-        admin = make_admin(self.settings, role="status")
+        admin = make_admin(self.kafka, role="status")
         try:
             await asyncio.wait_for(admin.start(), 3.0)
             await asyncio.wait_for(admin.list_topics(), 2.0)
@@ -202,11 +202,11 @@ class Readiness:
 
 def build_app(settings: Settings, queries: FrameTrackingQueries) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings.api_token.get())], client_max_size=64 * 1024
+        middlewares=[errors_middleware, auth_middleware(settings.api.token.get())], client_max_size=64 * 1024
     )
     app[QUERIES] = queries
     app[SETTINGS] = settings
-    app[READINESS] = Readiness(settings, queries)
+    app[READINESS] = Readiness(settings.kafka, queries)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -242,9 +242,11 @@ async def serve(
     # on this process's /metrics, whether or not the workers expose theirs.
     status_task = asyncio.create_task(periodically(refresh_status_metrics, 15.0))
     try:
-        site = web.TCPSite(runner, host or settings.api_host, port if port is not None else settings.api_port)
+        host = host or settings.api.host
+        port = port if port is not None else settings.api.port
+        site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("serving on http://%s:%s", host or settings.api_host, port or settings.api_port)
+        log.info("serving on http://%s:%s", host, port)
         if ready is not None:
             ready.set()
         await (stop or asyncio.Event()).wait()

@@ -22,7 +22,7 @@ from typing import Any
 from tracker.cli import admin, queries, workers
 from tracker.cli.output import fail
 from tracker.cli.parser import build_parser
-from tracker.config import Settings, mask_url_password
+from tracker.config import DatabaseSettings, Settings, mask_url_password
 from tracker.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -63,8 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code(e)
     from tracker.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_format)
-    debug = settings.log_level.upper() == "DEBUG"
+    setup_logging(settings.log.level, settings.log.format)
+    debug = settings.log.level.upper() == "DEBUG"
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except KeyboardInterrupt:
@@ -72,19 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug and not isinstance(e, TrackerError):
             raise  # the last resort: a traceback only with DEBUG, else one line
-        fail(_message(e, settings))
+        fail(_message(e, settings.database))
         code = exit_code(e)  # tracker.errors: the HTTP API's statuses come from the same table
         if debug and code == EXIT_FAILURE:
             raise
         return code
 
 
-def _message(e: Exception, settings: Settings) -> str:
+def _message(e: Exception, database: DatabaseSettings) -> str:
     """The one line printed for an error (after ``tracker: ``)."""
     if exit_code(e) == EXIT_NOT_FOUND:
         return str(e)
     if isinstance(e, DatabaseUnavailable):
-        where = mask_url_password(settings.database_url.get())
+        where = mask_url_password(database.url.get())
         return f"error: cannot reach PostgreSQL at {where} ({e}); is the stack up? (make stack-up)"
     if isinstance(e, TrackerError):
         return f"error: {e}"

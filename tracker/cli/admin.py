@@ -19,7 +19,7 @@ async def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.adapters.postgres import connect, migrate
 
-    conn = await connect(settings)
+    conn = await connect(settings.database)
     try:
         report = await migrate(conn)
     finally:
@@ -40,7 +40,7 @@ async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.adapters.postgres import call_db, connect
 
     cutoff = datetime.now(UTC) - timedelta(hours=args.older_than)
-    conn = await connect(settings)
+    conn = await connect(settings.database)
     try:
         rows = await call_db(
             lambda: conn.fetch(
@@ -81,10 +81,10 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.adapters.dead_letters import read_dead_letters, replay_dead_letters
 
     if args.dlq_command == "list":
-        letters = await read_dead_letters(settings, limit=args.limit)
+        letters = await read_dead_letters(settings.kafka, settings.topics, limit=args.limit)
         rows = [d.to_json() for d in letters]
         if not rows:
-            return emit(args, rows, f"{settings.dlq_topic} is empty")
+            return emit(args, rows, f"{settings.topics.dlq} is empty")
         lines = [f"{'DLQ POS':<12} {'SOURCE':<36} {'ERROR':<20} MESSAGE"]
         lines += [
             f"{j['dlq_partition']}:{j['dlq_offset']:<10} {j['source']:<36} "
@@ -93,11 +93,11 @@ async def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         ]
         return emit(args, rows, "\n".join(lines))
     positions = None if args.all else _parse_positions(args.offset)
-    letters = await read_dead_letters(settings, limit=1_000_000)
+    letters = await read_dead_letters(settings.kafka, settings.topics, limit=1_000_000)
     chosen = [d for d in letters if positions is None or (d.partition, d.offset) in positions]
     if positions is not None and len(chosen) != len(positions):
         found = {(d.partition, d.offset) for d in chosen}
         missing = ", ".join(f"{p}:{o}" for p, o in sorted(positions - found))
         raise UsageError(f"no dead letter at {missing}")
-    sent = await replay_dead_letters(settings, chosen)
+    sent = await replay_dead_letters(settings.kafka, settings.topics, chosen)
     return emit(args, None, f"re-published {sent} dead letter(s) to their original topics")

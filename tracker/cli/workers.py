@@ -66,7 +66,7 @@ async def _run_worker(
     from tracker.telemetry import setup_tracing
 
     setup_tracing(service)
-    serve_metrics(args.metrics_port, settings.api_host)
+    serve_metrics(args.metrics_port, settings.api.host)
     worker = make(settings)
     worker.install_signal_handlers()
     async with worker:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from tracker.adapters.postgres import call_db, connect_pool
-from tracker.config import Settings
+from tracker.config import DEFAULT_TRACE_URL_TEMPLATE, Settings
 from tracker.errors import NotFound
 from tracker.queries import shaping, statements
 from tracker.queries.checks import check_camera_id, check_frame_id, check_hours, check_limit, check_threshold
@@ -31,9 +31,9 @@ class FrameTrackingQueries:
     Without ``settings`` they are read from the ``TRACKER_*`` variables.
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, trace_url_template: str = DEFAULT_TRACE_URL_TEMPLATE) -> None:
         self._pool = pool
-        self.settings = settings
+        self.trace_url_template = trace_url_template
 
     @classmethod
     def connect(cls, settings: Settings | None = None) -> _Connecting:
@@ -47,12 +47,10 @@ class FrameTrackingQueries:
             if await conn.fetchval(statements.IS_READ_ROLE_MEMBER):
                 await conn.execute(statements.SET_READ_ROLE)
 
-        dsn = settings.query_database_url.get() or None
         pool = await connect_pool(
-            settings,
-            dsn=dsn,
+            settings.database,
+            dsn=settings.queries.database_url.get() or None,
             min_size=0,
-            max_size=settings.database_pool_size,
             server_settings={
                 "default_transaction_read_only": "on",
                 "statement_timeout": "30000",
@@ -60,7 +58,7 @@ class FrameTrackingQueries:
             },
             init=init,
         )
-        return cls(pool, settings)
+        return cls(pool, settings.queries.trace_url_template)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -74,7 +72,7 @@ class FrameTrackingQueries:
     def trace_link(self, trace_id: str | None) -> TraceLink | None:
         if not trace_id:
             return None
-        return TraceLink(trace_id, self.settings.trace_url_template.format(trace_id=trace_id))
+        return TraceLink(trace_id, self.trace_url_template.format(trace_id=trace_id))
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async def run() -> list[asyncpg.Record]:

@@ -110,9 +110,10 @@ class Status:
 
 
 async def collect_status(settings: Settings) -> Status:
-    tps = await topic_partitions(settings, settings.event_topics)
-    dlq_tps = await topic_partitions(settings, [settings.dlq_topic])
-    consumer = make_consumer(settings, group_id=settings.event_store_group, role="status")
+    kafka, topics, groups = settings.kafka, settings.topics, settings.groups
+    tps = await topic_partitions(kafka, topics.events)
+    dlq_tps = await topic_partitions(kafka, [topics.dlq])
+    consumer = make_consumer(kafka, group_id=groups.event_store, role="status")
     try:
         await consumer.start()
         ends = await consumer.end_offsets(tps) if tps else {}
@@ -124,7 +125,7 @@ async def collect_status(settings: Settings) -> Status:
     finally:
         await consumer.stop()
 
-    conn = await connect(settings)
+    conn = await connect(settings.database)
     try:
 
         async def db() -> tuple[Any, ...]:
@@ -152,10 +153,10 @@ async def collect_status(settings: Settings) -> Status:
     finally:
         await conn.close()
 
-    store = GroupStatus(settings.event_store_group)
+    store = GroupStatus(groups.event_store)
     for tp in tps:
         store.partitions.append(PartitionStatus(tp.topic, tp.partition, ends[tp], committed[tp]))
-    proj = GroupStatus(f"{settings.projections_group} (projection frames)")
+    proj = GroupStatus(f"{groups.projections} (projection frames)")
     by_tp = {(r["topic"], r["partition"]): r for r in cps}
     for tp in tps:
         r = by_tp.get((tp.topic, tp.partition))

@@ -124,7 +124,7 @@ class KafkaWorker(ABC, Generic[P]):
     @property
     def topics(self) -> Sequence[str]:
         """Topics to subscribe to."""
-        return self.settings.event_topics
+        return self.settings.topics.events
 
     @property
     def topics_to_ensure(self) -> Sequence[str]:
@@ -175,20 +175,20 @@ class KafkaWorker(ABC, Generic[P]):
         """Open the pool, the worker's own resources and the consumer. A failure
         closes whatever was already open before it propagates."""
         async with contextlib.AsyncExitStack() as stack:
-            await ensure_topics(self.settings, list(self.topics_to_ensure))
+            await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics_to_ensure))
             self._pool = await self.retry_db(
                 lambda: connect_pool(
-                    self.settings, min_size=1, max_size=max(2, self.settings.database_pool_size)
+                    self.settings.database, min_size=1, max_size=max(2, self.settings.database.pool_size)
                 ),
                 startup=True,
             )
             stack.push_async_callback(self._close_pool)
             await self.open(stack)
             consumer = make_consumer(
-                self.settings,
+                self.settings.kafka,
                 group_id=self.group_id,
                 role=self.kind,
-                max_poll_records=self.settings.batch_max_records,
+                max_poll_records=self.settings.batch.max_records,
             )
             consumer.subscribe(list(self.topics), listener=_Rebalance(self))
             stack.push_async_callback(self._close_consumer)
@@ -263,7 +263,7 @@ class KafkaWorker(ABC, Generic[P]):
         async with WriteBehind[bool]() as behind:
             while not self._stopping.is_set():
                 self._raise_background_failure()
-                batch = await next_batch(consumer, self.settings, stopping=self._stopping)
+                batch = await next_batch(consumer, self.settings.batch, stopping=self._stopping)
                 if batch:
                     t0 = time.perf_counter()
                     prepared = self.prepare(batch)
@@ -337,7 +337,7 @@ class KafkaWorker(ABC, Generic[P]):
             fn,
             on_retry=counted,
             should_stop=self._stopping.is_set,
-            give_up_after_s=self.settings.startup_timeout_s if startup else None,
+            give_up_after_s=self.settings.database.startup_timeout_s if startup else None,
         )
 
     async def durable(self, fn: Callable[[], Awaitable[T]]) -> T:

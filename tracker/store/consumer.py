@@ -119,7 +119,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         on_batch: Callable[[ConsumerStats], None] | None = None,
         inline: InlineProjection | None = None,
     ) -> None:
-        super().__init__(settings, group_id=group_id or settings.event_store_group)
+        super().__init__(settings, group_id=group_id or settings.groups.event_store)
         self.codec = codec or FrameEventCodec()
         self.stats = ConsumerStats()
         self._on_batch = on_batch
@@ -131,21 +131,21 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
 
     @property
     def topics_to_ensure(self) -> list[str]:
-        return [*self.settings.event_topics, self.settings.dlq_topic]
+        return [*self.settings.topics.events, self.settings.topics.dlq]
 
     async def open(self, stack: contextlib.AsyncExitStack) -> None:
         store = self._store = PostgresEventStore(self.pool)
         today = datetime.now(UTC).date()
         days = {today + timedelta(days=d) for d in range(-1, 3)}
         await self.retry_db(lambda: store.ensure_partitions(days))
-        dlq = DeadLetterPublisher(self.settings)
+        dlq = DeadLetterPublisher(self.settings.kafka, self.settings.topics.dlq)
         await dlq.start()
         stack.push_async_callback(lambda: asyncio.shield(dlq.stop()))
         self._dlq = dlq
         if self.inline is not None:
             await self.inline.open(self.pool)
         # Known label sets start at zero, so rate() sees the first dead letter.
-        for topic in self.settings.event_topics:
+        for topic in self.settings.topics.events:
             for cls in (FramingError, UnknownSchemaError, BodyError, ValidationError):
                 metrics.dlq_records.labels(topic, cls.__name__)
 
@@ -176,7 +176,7 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         dead = decoded.dead
         links = decoded.links
         # server.address, server.port and messaging.client.id (that of the consumer the runtime made)
-        client = messaging_attributes(self.settings, self.kind)
+        client = messaging_attributes(self.settings.kafka, self.kind)
 
         spans = [
             self._tracer.start_span(
