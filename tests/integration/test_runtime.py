@@ -70,6 +70,27 @@ async def test_a_failing_start_leaves_nothing_open(
     await worker.stop()  # and stopping what never started is harmless
 
 
+async def test_workers_hold_at_most_the_pool_size_and_work_with_one_connection(settings: Settings) -> None:
+    """TRACKER_DATABASE_POOL_SIZE bounds each worker's pool, down to one
+    connection (a server that allows one at a time): a worker's database steps
+    run one after the other, so both workers get through a batch with one."""
+    from tests.integration.helpers import projection_vs_store, publish_simulation
+
+    sim = await publish_simulation(settings, cameras=2, fps=5, duration_s=2, failure_rate=0.2)
+    one = settings.with_overrides(database_pool_size=1)
+    async with EventStoreConsumer(one) as store_worker:
+        assert store_worker.pool.get_max_size() == 1
+        stats = await store_worker.run(until_idle=True)
+    assert stats.stored == sim.events
+    async with ProjectionWorker(one) as projection_worker:
+        assert projection_worker.pool.get_max_size() == 1
+        await projection_worker.run(until_idle=True)
+    actual, expected = await projection_vs_store(settings)
+    assert actual == expected
+    async with ProjectionWorker(settings.with_overrides(database_pool_size=3)) as bigger:
+        assert bigger.pool.get_max_size() == 3
+
+
 async def test_a_revoked_partition_leaves_no_lag_series_behind(settings: Settings) -> None:
     """Once another instance owns a partition, this one's last lag value for it
     must go: a ``sum`` over instances would otherwise count it twice."""

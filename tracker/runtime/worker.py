@@ -176,11 +176,10 @@ class KafkaWorker(ABC, Generic[P]):
         closes whatever was already open before it propagates."""
         async with contextlib.AsyncExitStack() as stack:
             await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics_to_ensure))
+            # At most TRACKER_DATABASE_POOL_SIZE connections (one is enough: a
+            # worker's database steps run one at a time).
             self._pool = await self.retry_db(
-                lambda: connect_pool(
-                    self.settings.database, min_size=1, max_size=max(2, self.settings.database.pool_size)
-                ),
-                startup=True,
+                lambda: connect_pool(self.settings.database, min_size=1), startup=True
             )
             stack.push_async_callback(self._close_pool)
             await self.open(stack)
