@@ -27,7 +27,7 @@ async def profile(b: Bench) -> None:
                 groups: list[str] = []
             elif name == "pipeline":
                 argv = tracker_argv("consume", "--inline-projection", "--until-idle", "--metrics-port", "0")
-                groups = [s.event_store_group]
+                groups = [s.groups.event_store]
             else:
                 argv = tracker_argv(name, "--until-idle", "--metrics-port", "0")
                 groups = [s.groups.event_store if name == "consume" else s.groups.projections]
