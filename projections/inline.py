@@ -80,13 +80,23 @@ class InlineFrames(InlineProjection):
     def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> BatchFold:
         return BatchFold().extend(events_of(records, rows))
 
+    async def before(self, prepared: Any) -> None:
+        fold: BatchFold = prepared
+        if fold.frames:
+            store = self._opened()
+            generation = await store.live_generation()
+            await store.ensure_partitions(generation, [r.frame_timestamp for r in fold.frames.values()])
+
+    def _opened(self) -> FramesProjectionStore:
+        if self._store is None:
+            raise TrackerError("InlineFrames is not open: the consumer opens it when it starts")
+        return self._store
+
     async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
         fold: BatchFold = prepared
         generation = int(await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION))
         if fold.frames:
-            if self._store is None:
-                raise TrackerError("InlineFrames is not open: the consumer opens it when it starts")
-            await self._store.write_fold(conn, generation, fold)
+            await self._opened().write_fold(conn, generation, fold)
         if positions:
             keys = sorted(positions)
             await conn.execute(

@@ -84,7 +84,12 @@ class FramesProjectionStore(ProjectionStore):
 
         return {(r["topic"], r["partition"]): r["next_offset"] for r in await call_db(run)}
 
-    async def ensure_partitions(self, generation: int, timestamps: Iterable[datetime]) -> None:
+    async def ensure_partitions(
+        self, generation: int, timestamps: Iterable[datetime], *, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Make the days of ``timestamps`` ready in ``generation``'s tables: on a
+        connection of the pool (its own short transaction), or on ``conn``, in
+        the caller's transaction."""
         days = {ts.date() for ts in timestamps}
         known = self._known_days.setdefault(generation, set())
         missing = days - known
@@ -93,17 +98,23 @@ class FramesProjectionStore(ProjectionStore):
         lo, hi = min(missing), max(missing)
         tables = self._s(generation).tables
 
-        async def run() -> None:
-            async with self._pool.acquire() as conn:
-                for t in tables:
-                    await conn.execute(
-                        ENSURE_PARTITIONS,
-                        t,
-                        datetime(lo.year, lo.month, lo.day),
-                        datetime(hi.year, hi.month, hi.day, 23),
-                    )
+        async def on(c: asyncpg.Connection) -> None:
+            for t in tables:
+                await c.execute(
+                    ENSURE_PARTITIONS,
+                    t,
+                    datetime(lo.year, lo.month, lo.day),
+                    datetime(hi.year, hi.month, hi.day, 23),
+                )
 
-        await call_db(run)
+        async def run() -> None:
+            async with self._pool.acquire() as c:
+                await on(c)
+
+        if conn is not None:
+            await on(conn)
+        else:
+            await call_db(run)
         known |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
 
     async def _apply_folded(
@@ -141,8 +152,11 @@ class FramesProjectionStore(ProjectionStore):
     async def write_fold(self, conn: asyncpg.Connection, generation: int, batch: BatchFold) -> ApplyResult:
         """Merge a folded batch into ``generation`` in the caller's transaction
         (no checkpoint, no check): what an inline projection writes with an append.
-        The generation's partitions are made first, on a connection of the pool."""
-        await self.ensure_partitions(generation, [r.frame_timestamp for r in batch.frames.values()])
+        Partitions still missing (the caller made them ready beforehand, unless
+        a rebuild swapped a new generation in meanwhile) are made in that
+        transaction: it holds one of the pool's connections already."""
+        frames = [r.frame_timestamp for r in batch.frames.values()]
+        await self.ensure_partitions(generation, frames, conn=conn)
         return await self._write(conn, self._s(generation), batch)
 
     async def _write(

@@ -130,3 +130,49 @@ async def test_rebuild_under_inline_load_swaps_without_losing_what_was_applied_m
     assert all(b >= a for a, b in itertools.pairwise(seen)), "a reader saw the projection shrink"
     assert_same_projection(*(await projection_vs_store(settings)))
     assert await _checkpoints(settings) == await _log_ends(settings)
+
+
+async def test_inline_projection_with_a_pool_of_one_connection(settings: Settings) -> None:
+    """The append's transaction holds the pool's only connection: new partitions
+    are made before it (``before``) or, failing that, inside it, never on a
+    second connection the pool cannot give."""
+    from datetime import UTC, datetime, timedelta
+
+    import asyncpg
+
+    from projections.fold import BatchFold, ProjEvent
+    from tracker.adapters.postgres import connect_pool
+
+    one = settings.with_overrides(database_pool_size=1)
+    await publish_simulation(one, cameras=2, fps=10, duration_s=2, seed=65)
+    stats = await consume_until_idle(one, inline=InlineFrames())
+    assert stats.stored > 0
+    assert_same_projection(*(await projection_vs_store(one)))
+
+    # A day no partition exists for yet, applied inside a transaction that holds
+    # the only connection (as after a swap between ``before`` and ``apply``).
+    day = datetime(2031, 3, 4, 5, 6, tzinfo=UTC)
+    event = ProjEvent(
+        event_id="00000000-0000-4000-8000-000000000001",
+        event_type="FrameCaptured",
+        frame_id="frame-on-a-new-day",
+        camera_id="cam-x",
+        frame_timestamp=day,
+        occurred_at=day + timedelta(milliseconds=1),
+    )
+    pool = await connect_pool(one.database, min_size=1, max_size=1)
+    try:
+        inline = InlineFrames()
+        await inline.open(pool)
+        async with pool.acquire() as conn, conn.transaction():
+            await asyncio.wait_for(inline.apply(conn, BatchFold().extend([event]), {}), 30)
+    finally:
+        await pool.close()
+    conn = await asyncpg.connect(one.database.url.get())
+    try:
+        assert (
+            await conn.fetchval("SELECT camera_id FROM frame_metadata WHERE frame_id = $1", event.frame_id)
+            == "cam-x"
+        )
+    finally:
+        await conn.close()

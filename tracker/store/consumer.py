@@ -203,7 +203,9 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
             if decoded.good:
                 step = None
                 if self.inline is not None:
-                    step = self._inline_step(prepared.projection, offsets, consumer.assignment())
+                    inline, fold = self.inline, prepared.projection
+                    await self.durable(lambda: inline.before(fold))
+                    step = self._inline_step(fold, offsets, consumer.assignment())
                 result, flagged = await store_batch(store, decoded, run=self.durable, inline=step)
                 if flagged:
                     self.stats.flagged += len(flagged)

@@ -129,6 +129,11 @@ class InlineProjection(ABC):
         """Fold the batch's valid records (``rows`` are their ``frame_events`` rows, index for index)."""
 
     @abstractmethod
+    async def before(self, prepared: Any) -> None:
+        """Outside the append's transaction, before it: slow, rare set-up that
+        the apply would otherwise do under the transaction's locks (new partitions)."""
+
+    @abstractmethod
     async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
         """Inside the append's transaction: write the fold into the live read model
         and move its checkpoints to ``positions`` (the next offset per partition)."""
