@@ -4,13 +4,16 @@
    updating meanwhile).
 2. Fill it: ``source="topics"`` reads every partition from the beginning;
    ``source="store"`` first folds ``frame_events`` (events that topic retention
-   has already dropped are still there), sets the new generation's checkpoints
-   to the highest stored offset + 1 per partition, then continues from the
-   topics. The fold is idempotent on event ids, so any overlap is harmless.
+   has already dropped are still there) in SQL (:mod:`projections.recompute`),
+   with the new generation's checkpoints set to the highest stored offset + 1
+   per partition in the same transaction, then continues from the topics. The
+   fold is idempotent on event ids, so any overlap is harmless.
 3. When its checkpoints have caught up with the live ones, swap it in: in one
-   transaction the reader views point at the new generation and
-   ``projection_state.generation`` changes. The live worker notices on its next
-   batch and continues from the new generation's checkpoints.
+   transaction, under the lock that holds the live writer between two batches,
+   the new generation catches up with the live checkpoints, the reader views
+   point at it and ``projection_state.generation`` changes. The live worker
+   notices on its next batch and continues from the new generation's
+   checkpoints (an inline projection simply writes to it).
 4. Drop the old generation.
 
 Interrupted rebuilds resume: the running row in ``projection_replays``, the new
@@ -26,19 +29,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import asyncpg
 
-from projections.events import STORE_COLUMNS, from_kafka, from_store
+from projections.events import from_kafka
 from projections.fold import BatchFold
 from projections.ports import ApplyResult
+from projections.recompute import recompute
+from projections.statements import UPSERT_CHECKPOINT
 from projections.store import PROJECTION, FramesProjectionStore
 from tracker.adapters.kafka import ensure_topics, make_consumer, topic_partitions
 from tracker.adapters.postgres import call_db, connect_pool, retry_while_unavailable
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.errors import Interrupted, ReplayError
+from tracker.errors import ReplayError
 from tracker.runtime import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -96,11 +100,7 @@ class ProjectionRebuild:
             replay_id, gen, resumed = await self._begin(pool)
             try:
                 if self.source == "store" and not (resumed and await store.checkpoints(gen)):
-                    try:
-                        await self._from_store(pool, store, gen, replay_id)
-                    except Interrupted:
-                        log.info("rebuild interrupted; run `tracker replay` again to resume")
-                        return await store.live_generation()
+                    await self._from_store(pool, store, gen, replay_id)
                 old = await self._from_topics(pool, store, gen, replay_id)
                 if old is None:
                     log.info("rebuild interrupted; run `tracker replay` again to resume")
@@ -194,54 +194,44 @@ class ProjectionRebuild:
         if since is not None:
             live_cp = await self._copy_older(pool, store, gen, since)
         where, args = ("WHERE frame_timestamp >= $1", [since]) if since is not None else ("", [])
-        total = await call_db(lambda: pool.fetchval(f"SELECT count(*) FROM frame_events {where}", *args))
-        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            # Highest stored offset per partition, in the same snapshot as the scan.
-            maxima = await conn.fetch(
-                'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
-            )
-            chunk: list[Any] = []
-            # A chunk is written while the next is read and folded (two connections).
-            async with WriteBehind[ApplyResult]() as behind:
 
-                async def write(events: list[Any]) -> None:
-                    folded = BatchFold().extend(events)
-                    self._count(await behind.wait())
-                    behind.start(
-                        retry_while_unavailable(
-                            partial(store.apply_folded, folded, len(events), generation=gen)
-                        )
-                    )
+        def positions_after(maxima: list[asyncpg.Record]) -> dict[tuple[str, int], int]:
+            """Where the topic phase starts: after the highest stored offset of each
+            partition, and no later than the live checkpoints of a partial rebuild."""
+            out: dict[tuple[str, int], int] = {}
+            for r in maxima:
+                key = (r["topic"], r["partition"])
+                if r["topic"] in self.settings.topics.events:
+                    out[key] = r["o"] + 1 if live_cp is None else min(r["o"] + 1, live_cp.get(key, 0))
+            for key, off in (live_cp or {}).items():
+                out.setdefault(key, off)
+            return out
 
-                async for row in conn.cursor(
-                    f"SELECT {STORE_COLUMNS} FROM frame_events {where}", *args, prefetch=self.batch_size
-                ):
-                    chunk.append(from_store(row))
-                    if len(chunk) >= self.batch_size:
-                        await write(chunk)
-                        chunk = []
-                        await self._progress(pool, rid, self._report(gen, "store", total - self._applied))
-                        if self._stopping.is_set():
-                            # No checkpoints yet: a resumed rebuild redoes this phase
-                            # (idempotently) before it continues from the topics.
-                            raise Interrupted
-                if chunk:
-                    await write(chunk)
-                self._count(await behind.wait())
-        positions: dict[tuple[str, int], tuple[int | None, int]] = {}
-        for r in maxima:
-            key = (r["topic"], r["partition"])
-            if r["topic"] not in self.settings.topics.events:
-                continue
-            nxt = r["o"] + 1
-            if live_cp is not None:
-                nxt = min(nxt, live_cp.get(key, 0))
-            positions[key] = (None, nxt)
-        if live_cp is not None:
-            for key, off in live_cp.items():
-                positions.setdefault(key, (None, off))
-        if positions:
-            await retry_while_unavailable(partial(store.apply, [], generation=gen, positions=positions))
+        async def fold_in_sql() -> int:
+            # One snapshot for the highest stored offsets and the fold, so the
+            # topic phase starts right after what the fold saw; the rows and the
+            # checkpoints commit together (a resumed rebuild with checkpoints
+            # skips this phase, one without redoes it from an empty generation).
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+                maxima = await conn.fetch(
+                    'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
+                )
+                span = await conn.fetchrow(
+                    "SELECT count(*) AS n, min(frame_timestamp) AS lo, max(frame_timestamp) AS hi "
+                    f"FROM frame_events {where}",
+                    *args,
+                )
+                if span["n"]:
+                    await store.ensure_partitions(gen, [span["lo"], span["hi"]], conn=conn)
+                    await recompute(conn, gen, since)
+                await conn.executemany(
+                    UPSERT_CHECKPOINT,
+                    [(PROJECTION, gen, t, p, off) for (t, p), off in sorted(positions_after(maxima).items())],
+                )
+                return int(span["n"])
+
+        self._applied += await call_db(fold_in_sql)
+        self._report(gen, "store", 0)
 
     async def _copy_older(
         self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, since: datetime
