@@ -57,7 +57,7 @@ def _first(expr: str, event_type: str) -> str:
     return f"(array_agg({expr} {_ORDER}) FILTER (WHERE event_type = '{event_type}'))[1]"
 
 
-def _frames_select(where: str) -> str:
+def _frames_select(source: str, where: str) -> str:
     """One row per frame, in :data:`FRAME_COLS` order (the fold's state, then the derived columns)."""
     c, f = EventType.COMPLETED.value, EventType.FAILED.value
     per_frame = f"""
@@ -87,7 +87,7 @@ def _frames_select(where: str) -> str:
             max(occurred_at) AS last_event_at,
             min(occurred_at) FILTER (WHERE event_type IN ({_STAGE_TYPES})) AS stage_seen_at,
             array_agg(DISTINCT event_id::text) AS event_ids
-        FROM frame_events {where}
+        FROM {source} {where}
         GROUP BY frame_id, frame_timestamp"""
     state = f"""CASE
             WHEN completed_at IS NOT NULL AND failed_at IS NOT NULL THEN '{CONFLICTED}'
@@ -96,6 +96,7 @@ def _frames_select(where: str) -> str:
             WHEN processing_started_at IS NOT NULL OR stage_seen_at IS NOT NULL THEN '{PROCESSING}'
             WHEN queued_at IS NOT NULL THEN '{QUEUED}'
             ELSE '{CAPTURED}' END"""
+
     def since_start(end: str) -> str:
         # greatest() skips NULLs: without a start the time is unknown, not 0.
         return (
@@ -122,7 +123,7 @@ def _frames_select(where: str) -> str:
     return f"SELECT {select} FROM (SELECT r.*, {state} AS state FROM ({per_frame}) r) s"
 
 
-def _stages_select(where: str) -> str:
+def _stages_select(source: str, where: str) -> str:
     """One row per stage run, in :data:`STAGE_COLS` order."""
     c, f = EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value
     cond = f"event_type IN ({_STAGE_TYPES}) AND stage IS NOT NULL"
@@ -139,7 +140,7 @@ def _stages_select(where: str) -> str:
             {_first("duration_ms", f)} AS failed_duration_ms,
             {_first("error_type", f)} AS error_type,
             {_first("error_message", f)} AS error_message
-        FROM frame_events {where}
+        FROM {source} {where}
         GROUP BY frame_id, frame_timestamp, stage, attempt"""
     # The outcome is the first of the completion and the failure (StageRow._outcome).
     completion_first = (
@@ -160,16 +161,25 @@ def _stages_select(where: str) -> str:
 
 
 async def recompute(
-    conn: asyncpg.Connection, generation: int, since: datetime | None = None
+    conn: asyncpg.Connection,
+    generation: int,
+    since: datetime | None = None,
+    *,
+    source: str = "frame_events",
 ) -> tuple[int, int]:
-    """Fold ``frame_events`` (captured at or after ``since``) into the empty
-    ``generation`` in the caller's transaction, rows and rollups; the frame and
-    stage rows made. The generation's partitions must exist for those days."""
+    """Fold the events of ``source`` (``frame_events``, or a table like it)
+    captured at or after ``since`` into the empty ``generation`` in the caller's
+    transaction, rows and rollups; the frame and stage rows made. The
+    generation's partitions must exist for those days."""
     s = GenerationStatements(generation)
     where, args = ("WHERE frame_timestamp >= $1", [since]) if since is not None else ("", [])
     fcols, scols = ", ".join(FRAME_COLS), ", ".join(STAGE_COLS)
-    frames = await conn.execute(f"INSERT INTO {s.frame_table} ({fcols}) {_frames_select(where)}", *args)
-    stages = await conn.execute(f"INSERT INTO {s.stage_table} ({scols}) {_stages_select(where)}", *args)
+    frames = await conn.execute(
+        f"INSERT INTO {s.frame_table} ({fcols}) {_frames_select(source, where)}", *args
+    )
+    stages = await conn.execute(
+        f"INSERT INTO {s.stage_table} ({scols}) {_stages_select(source, where)}", *args
+    )
     frame_totals: dict[tuple[str, datetime], Rollup] = {}
     async for rec in conn.cursor(f"SELECT {fcols} FROM {s.frame_table} {where}", *args, prefetch=10_000):
         key, r = frame_contribution(frame_from_db(rec))

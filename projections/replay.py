@@ -2,7 +2,9 @@
 
 1. Create the tables of a new generation (the live one keeps serving and
    updating meanwhile).
-2. Fill it: ``source="topics"`` reads every partition from the beginning;
+2. Fill it: ``source="topics"`` reads every partition from the beginning, up
+   to the log ends seen at the start in bulk, folded in SQL
+   (:mod:`projections.bulk`), then event by event;
    ``source="store"`` first folds ``frame_events`` (events that topic retention
    has already dropped are still there) in SQL (:mod:`projections.recompute`),
    with the new generation's checkpoints set to the highest stored offset + 1
@@ -32,6 +34,7 @@ from functools import partial
 
 import asyncpg
 
+from projections.bulk import bulk_load_topics
 from projections.events import from_kafka
 from projections.fold import BatchFold
 from projections.ports import ApplyResult
@@ -99,8 +102,12 @@ class ProjectionRebuild:
             store = FramesProjectionStore(pool)
             replay_id, gen, resumed = await self._begin(pool)
             try:
-                if self.source == "store" and not (resumed and await store.checkpoints(gen)):
+                fresh = not (resumed and await store.checkpoints(gen))
+                if self.source == "store" and fresh:
                     await self._from_store(pool, store, gen, replay_id)
+                elif fresh and not await self._bulk_from_topics(pool, store, gen, replay_id):
+                    log.info("rebuild interrupted; run `tracker replay` again to resume")
+                    return await store.live_generation()
                 old = await self._from_topics(pool, store, gen, replay_id)
                 if old is None:
                     log.info("rebuild interrupted; run `tracker replay` again to resume")
@@ -113,6 +120,30 @@ class ProjectionRebuild:
                 raise
         finally:
             await pool.close()
+
+    async def _bulk_from_topics(
+        self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
+    ) -> bool:
+        """Load the topics up to their ends in bulk, folded in SQL; ``False`` if stopped."""
+        base = self._applied
+
+        async def report(read: int, left: int) -> None:
+            self._applied = base + read
+            await self._progress(pool, rid, self._report(gen, "topics", left))
+
+        read = await bulk_load_topics(
+            self.settings,
+            pool,
+            store,
+            gen,
+            batch_size=self.batch_size,
+            stopping=self._stopping,
+            on_batch=report,
+        )
+        if read is None:
+            return False
+        self._applied = base + read
+        return True
 
     async def _begin(self, pool: asyncpg.Pool) -> tuple[int, int, bool]:
         async def run() -> tuple[int, int, bool]:

@@ -225,3 +225,49 @@ def test_the_set_based_fold_equals_the_reference_fold(settings: Settings) -> Non
         asyncio.run(_check(dsn, events, next(generations)))
 
     check()
+
+
+async def test_rebuild_from_the_topics_in_bulk_skips_bad_records_and_resumes_after_a_stop(
+    settings: Settings,
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from projections.replay import ProjectionRebuild
+    from tests.integration.helpers import (
+        assert_same_projection,
+        consume_until_idle,
+        project_until_idle,
+        projection_vs_store,
+        publish_simulation,
+    )
+    from tracker.adapters.kafka import client_kwargs
+
+    await publish_simulation(
+        settings, cameras=3, fps=20, duration_s=3, seed=71, failure_rate=0.2, retry_rate=0.1
+    )
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka))
+    await producer.start()
+    try:  # a record nobody can decode: dead-lettered by the store, skipped by the rebuild
+        await producer.send_and_wait(settings.topics.processing, b"not avro at all", key=b"f-bad")
+    finally:
+        await producer.stop()
+    await consume_until_idle(settings)
+    await project_until_idle(settings)
+
+    stopped = ProjectionRebuild(settings, source="topics")
+    stopped.request_stop()
+    assert await stopped.run() == 1, "a rebuild stopped during its load keeps the live generation"
+    resumed = ProjectionRebuild(settings, source="topics")
+    assert await resumed.run() == 2
+    assert_same_projection(*(await projection_vs_store(settings)))
+    conn = await asyncpg.connect(settings.database.url.get())
+    try:
+        statuses = [
+            r["status"] for r in await conn.fetch("SELECT status FROM projection_replays ORDER BY id")
+        ]
+        scratch = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'replay_events_g%'"
+        )
+    finally:
+        await conn.close()
+    assert statuses == ["swapped"] and scratch == 0
