@@ -1,14 +1,21 @@
-"""The first phase of a rebuild from the topics: a bulk load, folded in SQL.
+"""The first phase of a rebuild: a bulk load, folded in SQL.
 
 Folding a whole history event by event in Python (fetch, decode, fold, merge
 with the stored row) costs tens of microseconds an event. A rebuild into an
-empty generation does not need the merges: this phase decodes each record once
-(the one cost only Python can pay), COPYs the rows into a scratch table while
-the next batch is fetched (:class:`~tracker.runtime.WriteBehind`), and when the
-log ends seen at the start are reached, folds the scratch table in SQL
-(:func:`projections.recompute.recompute`) and sets the generation's checkpoints
-to those ends, in one transaction. The rebuild then goes on event by event
-from there (the tail that arrived meanwhile, and the swap).
+empty generation does not need the merges.
+
+From the store (:func:`bulk_load_store`), ``frame_events`` is folded in SQL at
+once (:func:`projections.recompute.recompute`), in one snapshot with the
+highest stored offsets, which become the checkpoints in the same transaction.
+
+From the topics (:func:`bulk_load_topics`), each record is decoded once
+(the one cost only Python can pay) and its row COPYed into a scratch table while
+the next batch is fetched (:class:`~tracker.runtime.WriteBehind`); when the log
+ends seen at the start are reached, the scratch table is folded in SQL and the
+generation's checkpoints set to those ends, in one transaction.
+
+Either way the rebuild then goes on event by event from those checkpoints (the
+tail that arrived meanwhile, and the swap).
 
 The scratch table is ``UNLOGGED`` (it is rebuilt, never recovered) and dropped
 at the end. A stop during the load leaves no checkpoint: a resumed rebuild
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -114,6 +122,100 @@ async def bulk_load_topics(
 
     await call_db(fold)
     return read
+
+
+async def bulk_load_store(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    store: FramesProjectionStore,
+    gen: int,
+    since: datetime | None,
+) -> int:
+    """Fold ``frame_events`` into the new generation in SQL, with its checkpoints;
+    the events folded.
+
+    With ``since``, frames captured before it are copied unchanged from the
+    live generation instead of being recomputed; their copy and the live
+    checkpoints are read in one snapshot, and the new generation's topic
+    phase starts no later than those checkpoints, so an event the live
+    projection had not applied yet when it was copied is applied after.
+    """
+    live_cp: dict[tuple[str, int], int] | None = None
+    if since is not None:
+        live_cp = await copy_older(pool, store, gen, since)
+    where, args = ("WHERE frame_timestamp >= $1", [since]) if since is not None else ("", [])
+
+    def positions_after(maxima: list[asyncpg.Record]) -> dict[tuple[str, int], int]:
+        """Where the topic phase starts: after the highest stored offset of each
+        partition, and no later than the live checkpoints of a partial rebuild."""
+        out: dict[tuple[str, int], int] = {}
+        for r in maxima:
+            key = (r["topic"], r["partition"])
+            if r["topic"] in settings.topics.events:
+                out[key] = r["o"] + 1 if live_cp is None else min(r["o"] + 1, live_cp.get(key, 0))
+        for key, off in (live_cp or {}).items():
+            out.setdefault(key, off)
+        return out
+
+    async def fold_in_sql() -> int:
+        # One snapshot for the highest stored offsets and the fold, so the
+        # topic phase starts right after what the fold saw; the rows and the
+        # checkpoints commit together (a resumed rebuild with checkpoints
+        # skips this phase, one without redoes it from an empty generation).
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            maxima = await conn.fetch(
+                'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
+            )
+            span = await conn.fetchrow(
+                "SELECT count(*) AS n, min(frame_timestamp) AS lo, max(frame_timestamp) AS hi "
+                f"FROM frame_events {where}",
+                *args,
+            )
+            if span["n"]:
+                await store.ensure_partitions(gen, [span["lo"], span["hi"]], conn=conn)
+                await recompute(conn, gen, since)
+            await conn.executemany(
+                UPSERT_CHECKPOINT,
+                [(PROJECTION, gen, t, p, off) for (t, p), off in sorted(positions_after(maxima).items())],
+            )
+            return int(span["n"])
+
+    return await call_db(fold_in_sql)
+
+
+async def copy_older(
+    pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, since: datetime
+) -> dict[tuple[str, int], int]:
+    """Copy rows of frames captured before ``since`` from the live generation."""
+
+    async def run() -> dict[tuple[str, int], int]:
+        async with pool.acquire() as conn:
+            oldest = await conn.fetchval("SELECT min(frame_timestamp) FROM frame_metadata")
+            if oldest is not None and oldest < since:
+                await store.ensure_partitions(gen, [oldest, since])
+            async with conn.transaction(isolation="repeatable_read"):
+                live = await conn.fetchval(
+                    "SELECT generation FROM projection_state WHERE projection = $1", PROJECTION
+                )
+                cps = await conn.fetch(
+                    'SELECT topic, "partition", next_offset FROM projection_checkpoints '
+                    "WHERE projection = $1 AND generation = $2",
+                    PROJECTION,
+                    live,
+                )
+                for table, col in (
+                    ("frame_metadata", "frame_timestamp"),
+                    ("processing_stages", "frame_timestamp"),
+                    ("frame_stats_hourly", "hour"),
+                    ("performance_stats", "hour"),
+                ):
+                    await conn.execute(
+                        f"INSERT INTO {table}_g{gen} SELECT * FROM {table}_g{live} WHERE {col} < $1",
+                        since,
+                    )
+                return {(r["topic"], r["partition"]): r["next_offset"] for r in cps}
+
+    return await call_db(run)
 
 
 async def _create_scratch(pool: asyncpg.Pool, scratch: str) -> None:

@@ -34,12 +34,10 @@ from functools import partial
 
 import asyncpg
 
-from projections.bulk import bulk_load_topics
+from projections.bulk import bulk_load_store, bulk_load_topics
 from projections.events import from_kafka
 from projections.fold import BatchFold
 from projections.ports import ApplyResult
-from projections.recompute import recompute
-from projections.statements import UPSERT_CHECKPOINT
 from projections.store import PROJECTION, FramesProjectionStore
 from tracker.adapters.kafka import ensure_topics, make_consumer, topic_partitions
 from tracker.adapters.postgres import call_db, connect_pool, retry_while_unavailable
@@ -212,91 +210,8 @@ class ProjectionRebuild:
         )
 
     async def _from_store(self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int) -> None:
-        """Fold ``frame_events`` into the new generation, then set its checkpoints.
-
-        With ``since``, frames captured before it are copied unchanged from the
-        live generation instead of being recomputed; their copy and the live
-        checkpoints are read in one snapshot, and the new generation's topic
-        phase starts no later than those checkpoints, so an event the live
-        projection had not applied yet when it was copied is applied after.
-        """
-        live_cp: dict[tuple[str, int], int] | None = None
-        since = self.since
-        if since is not None:
-            live_cp = await self._copy_older(pool, store, gen, since)
-        where, args = ("WHERE frame_timestamp >= $1", [since]) if since is not None else ("", [])
-
-        def positions_after(maxima: list[asyncpg.Record]) -> dict[tuple[str, int], int]:
-            """Where the topic phase starts: after the highest stored offset of each
-            partition, and no later than the live checkpoints of a partial rebuild."""
-            out: dict[tuple[str, int], int] = {}
-            for r in maxima:
-                key = (r["topic"], r["partition"])
-                if r["topic"] in self.settings.topics.events:
-                    out[key] = r["o"] + 1 if live_cp is None else min(r["o"] + 1, live_cp.get(key, 0))
-            for key, off in (live_cp or {}).items():
-                out.setdefault(key, off)
-            return out
-
-        async def fold_in_sql() -> int:
-            # One snapshot for the highest stored offsets and the fold, so the
-            # topic phase starts right after what the fold saw; the rows and the
-            # checkpoints commit together (a resumed rebuild with checkpoints
-            # skips this phase, one without redoes it from an empty generation).
-            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-                maxima = await conn.fetch(
-                    'SELECT topic, "partition", max("offset") AS o FROM frame_events GROUP BY 1, 2'
-                )
-                span = await conn.fetchrow(
-                    "SELECT count(*) AS n, min(frame_timestamp) AS lo, max(frame_timestamp) AS hi "
-                    f"FROM frame_events {where}",
-                    *args,
-                )
-                if span["n"]:
-                    await store.ensure_partitions(gen, [span["lo"], span["hi"]], conn=conn)
-                    await recompute(conn, gen, since)
-                await conn.executemany(
-                    UPSERT_CHECKPOINT,
-                    [(PROJECTION, gen, t, p, off) for (t, p), off in sorted(positions_after(maxima).items())],
-                )
-                return int(span["n"])
-
-        self._applied += await call_db(fold_in_sql)
+        self._applied += await bulk_load_store(self.settings, pool, store, gen, self.since)
         self._report(gen, "store", 0)
-
-    async def _copy_older(
-        self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, since: datetime
-    ) -> dict[tuple[str, int], int]:
-        """Copy rows of frames captured before ``since`` from the live generation."""
-
-        async def run() -> dict[tuple[str, int], int]:
-            async with pool.acquire() as conn:
-                oldest = await conn.fetchval("SELECT min(frame_timestamp) FROM frame_metadata")
-                if oldest is not None and oldest < since:
-                    await store.ensure_partitions(gen, [oldest, since])
-                async with conn.transaction(isolation="repeatable_read"):
-                    live = await conn.fetchval(
-                        "SELECT generation FROM projection_state WHERE projection = $1", PROJECTION
-                    )
-                    cps = await conn.fetch(
-                        'SELECT topic, "partition", next_offset FROM projection_checkpoints '
-                        "WHERE projection = $1 AND generation = $2",
-                        PROJECTION,
-                        live,
-                    )
-                    for table, col in (
-                        ("frame_metadata", "frame_timestamp"),
-                        ("processing_stages", "frame_timestamp"),
-                        ("frame_stats_hourly", "hour"),
-                        ("performance_stats", "hour"),
-                    ):
-                        await conn.execute(
-                            f"INSERT INTO {table}_g{gen} SELECT * FROM {table}_g{live} WHERE {col} < $1",
-                            since,
-                        )
-                    return {(r["topic"], r["partition"]): r["next_offset"] for r in cps}
-
-        return await call_db(run)
 
     async def _from_topics(
         self, pool: asyncpg.Pool, store: FramesProjectionStore, gen: int, rid: int
