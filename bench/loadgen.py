@@ -37,7 +37,7 @@ def plan(
     traces = TraceIds(cfg.seed)
     items = []
     for t, event in plan_events(cfg):
-        topic = settings.topics.camera if event.source == ev.CAMERA else settings.topics.processing
+        topic = settings.topics.of(event.source)
         probe = event.frame_id if isinstance(event, ev.FrameCaptured) else None
         items.append((t, topic, event.frame_id.encode(), codec.encode(event), traces.headers(event), probe))
     return items

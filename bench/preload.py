@@ -51,7 +51,7 @@ class BatchingSink:
         self.events = 0
 
     async def publish(self, event: ev.FrameEvent) -> None:
-        topic = self.settings.topics.camera if event.source == ev.CAMERA else self.settings.topics.processing
+        topic = self.settings.topics.of(event.source)
         key = event.frame_id.encode()
         p = self.partitioner(key, self.parts, self.parts)
         value = self.codec.encode(event)

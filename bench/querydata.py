@@ -38,7 +38,6 @@ from projections.fold import (
     stage_contribution,
 )
 from projections.store import FRAME_COLS, STAGE_COLS, GenerationStatements, frame_to_db, stage_to_db
-from tracker import events as ev
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
 from tracker.simulator import SimulationConfig
@@ -79,7 +78,7 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
     offsets: dict[tuple[str, int], int] = {}
     rows, proj = [], []
     for _, e in plan_events(cfg):
-        topic = settings.topics.camera if e.source == ev.CAMERA else settings.topics.processing
+        topic = settings.topics.of(e.source)
         p = part(e.frame_id.encode(), parts, parts)
         off = offsets.get((topic, p), 0)
         offsets[(topic, p)] = off + 1

@@ -131,6 +131,10 @@ class TopicSettings(_Group):
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
+    def of(self, source: str) -> str:
+        """The topic of an event's ``source`` (``FrameEvent.source``: camera or processing)."""
+        return self.camera if source == "camera" else self.processing
+
     @property
     def events(self) -> tuple[str, str]:
         """The two event topics: camera, processing."""

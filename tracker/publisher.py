@@ -107,8 +107,7 @@ class FramePublisher:
         await self.stop()
 
     def topic_for(self, event: ev.FrameEvent) -> str:
-        topics = self.settings.topics
-        return topics.camera if event.source == ev.CAMERA else topics.processing
+        return self.settings.topics.of(event.source)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

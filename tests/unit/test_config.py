@@ -253,3 +253,12 @@ def test_default_ports_match_the_local_stack_and_avoid_the_ephemeral_range() -> 
     pg_port = urlsplit(DEFAULT_DATABASE_URL).port
     assert ports["STACK_KAFKA_PORT"] == kafka_port and ports["STACK_PG_PORT"] == pg_port
     assert all(p < 32768 for p in ports.values()), ports
+
+
+def test_an_event_goes_to_the_topic_of_its_source() -> None:
+    from tracker import events as ev
+
+    topics = Settings.from_env({}, topic_prefix="p").topics
+    assert topics.of(ev.FrameCaptured.source) == topics.camera == "p.camera"
+    assert topics.of(ev.FrameQueued.source) == topics.camera
+    assert topics.of(ev.StageCompleted.source) == topics.processing == "p.processing"
