@@ -78,19 +78,6 @@ KEYS: tuple[Key, ...] = (
     Key("cpu_count", "", "environment"),
     Key("git_commit", "", "environment"),
 )
-# Keys that may be null, provided a "<key>_note" says why.
-NULLABLE = (
-    "peer_connect_eps",
-    "peer_quix_eps",
-    "ratio_vs_naive",
-    "ratio_vs_limit",
-    "store_vs_quix",
-    "store_vs_connect",
-    "pipeline_vs_quix",
-    "pipeline_vs_connect",
-)
-
-
 DERIVED = (
     "ratio_vs_naive",
     "ratio_vs_limit",
@@ -99,6 +86,9 @@ DERIVED = (
     "pipeline_vs_quix",
     "pipeline_vs_connect",
 )
+# Keys that may be null, provided a "<key>_note" says why: the peers (which may
+# not be installed) and the ratios derived from figures of other scenarios.
+NULLABLE = ("peer_connect_eps", "peer_quix_eps", *DERIVED)
 
 
 def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
