@@ -45,6 +45,9 @@ class Scale:
     sdk_sequential_frames: int = 200
     sdk_overhead_frames: int = 20_000
     sdk_overhead_reps: int = 5
+    # The ingest modes run (bench/scenarios/context.py MODES), comma-separated; a
+    # subset compares with a checkout that lacks some (``--code``).
+    ingest_modes: str = "store,project,two_groups,pipeline,pipeline_2w"
 
     def with_overrides(self, **kw: object) -> Scale:
         return replace(self, **kw)  # type: ignore[arg-type]

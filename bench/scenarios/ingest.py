@@ -21,20 +21,28 @@ from bench.scenarios.registry import scenario
 async def ingest(b: Bench) -> None:
     assert b.src is not None
     runs: list[dict[str, Any]] = []
+    modes = [m for m in b.scale.ingest_modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown ingest modes {sorted(unknown)}; known: {', '.join(MODES)}")
     for rep in range(b.scale.reps):
-        for mode in MODES:
+        for mode in modes:
             r = await b.drain(b.src, mode, f"ingest-{mode}")
             r["rep"] = rep
             runs.append(r)
             log(f"ingest {mode} rep {rep + 1}: {r['rate']:,.0f} events/s")
-    for mode in MODES:
+    for mode in modes:
         b.put(f"{mode}_eps", [r["rate"] for r in runs if r["mode"] == mode], 0)
     for mode, worker in (("store", "consume"), ("project", "project")):
+        if mode not in modes:
+            continue
         cpu = [r["workers"][worker]["cpu_us_per_event"] for r in runs if r["mode"] == mode]
         b.put(f"{mode}_cpu_us_per_event", cpu, 1)
     components = {}
     for mode in ("two_groups", "pipeline", "pipeline_2w"):
         mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
         parts: dict[str, list[float]] = {}
         for r in mine:
             for w, info in r["workers"].items():
