@@ -14,7 +14,10 @@ associative, commutative and idempotent operation —
 Merging a batch into a stored row therefore gives the same row whatever the
 order and multiplicity of the events. Rollups are sums of per-row
 *contributions*; a batch adds ``contribution(new) - contribution(old)`` for each
-row it changed, which keeps them exact too.
+row it changed, which keeps them exact too. The failure rollup's first and last
+times and its sample merge monotonically as failures are added, and a group a
+batch retracts a failure from is set again from its rows
+(:mod:`projections.rollups`).
 """
 
 from __future__ import annotations
@@ -28,13 +31,24 @@ from typing import Any, Protocol, Self, TypeVar
 # fold's users import them from here.
 from projections.rollups import (
     FRAME_COUNTERS,
+    FRAME_FAILURE,
+    NO_ERROR_TYPE,
+    NO_STAGE,
     STAGE_COUNTERS,
+    STAGE_FAILURE,
+    FailureKey,
+    FailureSample,
+    FailureStat,
     Rollup,
+    failure_deltas,
+    failure_totals,
     frame_contribution,
+    frame_failure,
     hour_of,
     rollup_deltas,
     rollup_totals,
     stage_contribution,
+    stage_failure,
 )
 from projections.rows import (
     CAPTURED,
@@ -67,6 +81,9 @@ __all__ = [
     "CONFLICTED",
     "FAILED",
     "FRAME_COUNTERS",
+    "FRAME_FAILURE",
+    "NO_ERROR_TYPE",
+    "NO_STAGE",
     "N_BUCKETS",
     "PROCESSING",
     "QUEUED",
@@ -74,12 +91,16 @@ __all__ = [
     "STAGE_CONFLICTED",
     "STAGE_COUNTERS",
     "STAGE_FAILED",
+    "STAGE_FAILURE",
     "STAGE_RUNNING",
     "STATES",
     "BatchFold",
     "Capture",
     "Completion",
     "Failure",
+    "FailureKey",
+    "FailureSample",
+    "FailureStat",
     "FrameKey",
     "FrameRow",
     "Merged",
@@ -90,8 +111,11 @@ __all__ = [
     "StageRow",
     "TraceMark",
     "bucket_index",
+    "failure_deltas",
+    "failure_totals",
     "fold",
     "frame_contribution",
+    "frame_failure",
     "frame_row_of",
     "hour_of",
     "merge_batch",
@@ -99,6 +123,7 @@ __all__ = [
     "rollup_deltas",
     "rollup_totals",
     "stage_contribution",
+    "stage_failure",
     "stage_row_of",
 ]
 
@@ -199,12 +224,17 @@ def fold(events: Iterable[ProjEvent]) -> BatchFold:
 @dataclass(frozen=True)
 class Merged:
     """A batch merged into the stored rows it touches: the new versions of the
-    rows that changed (in key order) and what the rollups gain from them."""
+    rows that changed (in key order) and what the rollups gain from them.
+
+    ``failure_deltas`` are added with :meth:`FailureStat.merge`; a group marked
+    ``recompute`` is then set from the rows (:func:`failure_totals`) once the
+    batch's rows are written (see :mod:`projections.rollups`)."""
 
     frames: list[FrameRow]
     stages: list[StageRow]
     frame_deltas: dict[tuple[str, datetime], Rollup]
     stage_deltas: dict[tuple[str, datetime], Rollup]
+    failure_deltas: dict[FailureKey, FailureStat]
 
 
 class _Row(Protocol):
@@ -239,4 +269,5 @@ def merge_batch(
         stages=[new for _, new in spairs],
         frame_deltas=rollup_deltas(fpairs, frame_contribution),
         stage_deltas=rollup_deltas(spairs, stage_contribution),
+        failure_deltas=failure_deltas(fpairs, spairs),
     )

@@ -2,7 +2,10 @@
 
 Any permutation of a frame's events, with any duplicates, split into any
 batches and merged into stored rows, must give exactly the rows (and rollups)
-that applying each event once in occurrence order gives.
+that applying each event once in occurrence order gives. The failure rollup,
+kept as the stores keep it (deltas merged, groups a batch retracts a failure
+from set again from the rows), must equal the one computed from scratch from
+the final rows.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from projections.fold import (
     CONFLICTED,
     FAILED,
     BatchFold,
+    FailureStat,
     FrameRow,
     ProjEvent,
     Rollup,
+    failure_deltas,
+    failure_totals,
     fold,
     frame_contribution,
     percentile_from_buckets,
@@ -107,6 +113,14 @@ def frame_history(draw: st.DrawFn, frame_no: int) -> list[ProjEvent]:
                 occurred_at=orig.occurred_at + shift,
                 duration_ms=None if orig.duration_ms is None else orig.duration_ms + 1,
                 error_message=None if orig.error_message is None else "re-sent",
+                # A re-sent failure may name another error type or stage: the
+                # failure rollup then moves the frame or stage run to another group.
+                error_type=orig.error_type
+                if orig.error_type is None
+                else draw(st.sampled_from([orig.error_type, "Other", None])),
+                stage=orig.stage
+                if orig.event_type != "ProcessingFailed"
+                else draw(st.sampled_from([orig.stage, "detect", None])),
                 attributes={"w": "1280"} if orig.attributes else {},
                 trace_id=draw(st.sampled_from([None, f"{frame_no + 1:032x}"])),
             )
@@ -137,11 +151,14 @@ def delivery(draw: st.DrawFn, events: list[ProjEvent]) -> list[list[ProjEvent]]:
 
 
 def apply_batches(batches: list[list[ProjEvent]]):  # type: ignore[no-untyped-def]
-    """What the worker does: fold each batch, merge into stored rows, add rollup deltas."""
+    """What the worker does: fold each batch, merge into stored rows, add rollup
+    deltas; merge the failure deltas and set each group marked ``recompute``
+    from the rows."""
     frames: dict = {}
     stages: dict = {}
     frame_rollup: dict = {}
     stage_rollup: dict = {}
+    failure_rollup: dict = {}
     for batch in batches:
         bf = BatchFold().extend(batch)
         fpairs, spairs = [], []
@@ -161,7 +178,23 @@ def apply_batches(batches: list[list[ProjEvent]]):  # type: ignore[no-untyped-de
         ):
             for k, d in deltas.items():
                 target.setdefault(k, Rollup()).add(d)
-    return frames, stages, _clean(frame_rollup), _clean(stage_rollup)
+        changed = failure_deltas(fpairs, spairs)
+        for k, fd in changed.items():
+            failure_rollup.setdefault(k, FailureStat()).merge(fd)
+        recompute = {k for k, fd in changed.items() if fd.recompute}
+        fresh = failure_totals(frames.values(), stages.values(), recompute)
+        for k in recompute:
+            failure_rollup[k] = fresh.get(k) or FailureStat()
+    return frames, stages, _clean(frame_rollup), _clean(stage_rollup), _clean_failures(failure_rollup)
+
+
+def _clean_failures(rollup: dict) -> dict:
+    """The failure rollup without its empty rows, which must hold nothing else."""
+    for f in rollup.values():
+        assert f.failures >= 0 and not f.recompute
+        if not f.failures:
+            assert f.first_seen is None and f.sample is None
+    return {k: (f.failures, f.first_seen, f.sample) for k, f in rollup.items() if f.failures}
 
 
 def _clean(rollups: dict) -> dict:
@@ -188,7 +221,8 @@ def reference(events: list[ProjEvent]):  # type: ignore[no-untyped-def]
     for row in ref.stages.values():
         k, r = stage_contribution(row)
         sr.setdefault(k, Rollup()).add(r)
-    return ref.frames, ref.stages, _clean(fr), _clean(sr)
+    failures = _clean_failures(failure_totals(ref.frames.values(), ref.stages.values()))
+    return ref.frames, ref.stages, _clean(fr), _clean(sr), failures
 
 
 @settings(max_examples=300, deadline=None)
