@@ -208,6 +208,7 @@ async def copy_older(
                     ("processing_stages", "frame_timestamp"),
                     ("frame_stats_hourly", "hour"),
                     ("performance_stats", "hour"),
+                    ("failure_stats", "hour"),
                 ):
                     await conn.execute(
                         f"INSERT INTO {table}_g{gen} SELECT * FROM {table}_g{live} WHERE {col} < $1",

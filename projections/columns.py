@@ -1,6 +1,7 @@
 """How the fold's rows are stored: the columns of ``frame_metadata_g<N>`` and
 ``processing_stages_g<N>`` that the projection writes, and the conversions of
-:class:`FrameRow` and :class:`StageRow` to and from them.
+:class:`FrameRow` and :class:`StageRow` to and from them; the same for a row of
+the failure rollup ``failure_stats_g<N>``.
 
 Besides what readers see, a row keeps the fold's state (which event won each
 choice, the applied event ids), so that a stored row merges with a new batch
@@ -13,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from projections.rollups import FailureKey, FailureSample, FailureStat
 from projections.rows import Capture, Completion, Failure, FrameRow, StageOutcome, StageRow, TraceMark
 
 FRAME_COLS = (
@@ -181,3 +183,47 @@ def stage_from_db(rec: Mapping[str, Any]) -> StageRow:
         completed_ev=c,
         failed_ev=f,
     )
+
+
+#: ``failure_stats_g<N>``: the key, then the values.
+FAILURE_KEY_COLS = ("source", "hour", "camera_id", "stage", "error_type")
+FAILURE_COLS = (
+    *FAILURE_KEY_COLS,
+    "failures",
+    "first_seen",
+    "last_seen",
+    "sample_frame_id",
+    "sample_frame_timestamp",
+    "sample_attempt",
+    "sample_trace_id",
+)
+
+
+def failure_to_db(key: FailureKey, stat: FailureStat) -> tuple[Any, ...]:
+    s = stat.sample
+    return (
+        *key,
+        stat.failures,
+        stat.first_seen,
+        s.at if s else None,
+        s.frame_id if s else None,
+        s.frame_timestamp if s else None,
+        s.attempt if s else None,
+        s.trace_id if s else None,
+    )
+
+
+def failure_from_db(rec: Mapping[str, Any]) -> tuple[FailureKey, FailureStat]:
+    key: FailureKey = (rec["source"], rec["hour"], rec["camera_id"], rec["stage"], rec["error_type"])
+    sample = (
+        FailureSample(
+            rec["last_seen"],
+            rec["sample_frame_id"],
+            rec["sample_frame_timestamp"],
+            rec["sample_attempt"],
+            rec["sample_trace_id"],
+        )
+        if rec["sample_frame_id"] is not None
+        else None
+    )
+    return key, FailureStat(rec["failures"], rec["first_seen"], sample)

@@ -12,7 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from projections.fold import BatchFold, FrameKey, FrameRow, Rollup, StageKey, StageRow, merge_batch
+from projections.fold import (
+    BatchFold,
+    FailureKey,
+    FailureStat,
+    FrameKey,
+    FrameRow,
+    Rollup,
+    StageKey,
+    StageRow,
+    failure_totals,
+    merge_batch,
+)
 from projections.ports import (
     ApplyResult,
     Positions,
@@ -26,12 +37,14 @@ from projections.ports import (
 @dataclass
 class Generation:
     """One generation's tables: rows, rollups (by (camera, hour) and (stage,
-    hour), rows kept when they sum to zero, as in the database) and checkpoints."""
+    hour), and the failure rollup; rows kept when they sum to zero, as in the
+    database) and checkpoints."""
 
     frames: dict[FrameKey, FrameRow] = field(default_factory=dict)
     stages: dict[StageKey, StageRow] = field(default_factory=dict)
     frame_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
     stage_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
+    failure_stats: dict[FailureKey, FailureStat] = field(default_factory=dict)
     checkpoints: dict[TopicPartitionKey, int] = field(default_factory=dict)
 
 
@@ -71,6 +84,20 @@ class InMemoryProjectionStore(ProjectionStore):
         for stats, deltas in ((g.frame_stats, merged.frame_deltas), (g.stage_stats, merged.stage_deltas)):
             for k, d in deltas.items():
                 stats.setdefault(k, Rollup()).add(d)
+        recompute: set[FailureKey] = set()
+        for fk, fd in merged.failure_deltas.items():
+            g.failure_stats.setdefault(fk, FailureStat()).merge(fd)
+            if fd.recompute:
+                recompute.add(fk)
+        if recompute:
+            self._recompute_failures(g, recompute)
         for tp, (_, new) in positions.items():
             g.checkpoints[tp] = new
         return ApplyResult(len(merged.frames), len(merged.stages), n_events)
+
+    def _recompute_failures(self, g: Generation, keys: set[FailureKey]) -> None:
+        """Set the failure rollup groups a batch retracted failures from from the
+        rows, as the PostgreSQL store does."""
+        fresh = failure_totals(g.frames.values(), g.stages.values(), keys)
+        for k in keys:
+            g.failure_stats[k] = fresh.get(k) or FailureStat()

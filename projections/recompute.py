@@ -3,8 +3,9 @@
 A rebuild from the store folds every stored event into an empty generation.
 Done one event at a time in Python that costs tens of microseconds an event;
 here PostgreSQL does the per-event work in one ``INSERT ... SELECT ... GROUP
-BY`` per table, and Python only adds up the rollups over the rows it made (a
-frame has about ten events, so that is a tenth of the work, streamed).
+BY`` per table, and Python only adds up the rollups (the failure rollup too)
+over the rows it made (a frame has about ten events, so that is a tenth of the
+work, streamed).
 
 Each column is the SQL form of the same semilattice the Python fold
 (:mod:`projections.fold`) keeps, so the rows are the ones it would make:
@@ -31,8 +32,18 @@ from typing import Any
 
 import asyncpg
 
-from projections.columns import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
-from projections.fold import FRAME_COUNTERS, STAGE_COUNTERS, Rollup, frame_contribution, stage_contribution
+from projections.columns import FRAME_COLS, STAGE_COLS, failure_to_db, frame_from_db, stage_from_db
+from projections.fold import (
+    FRAME_COUNTERS,
+    STAGE_COUNTERS,
+    FailureKey,
+    FailureStat,
+    Rollup,
+    frame_contribution,
+    frame_failure,
+    stage_contribution,
+    stage_failure,
+)
 from projections.rows import (
     CAPTURED,
     COMPLETED,
@@ -181,13 +192,20 @@ async def recompute(
         f"INSERT INTO {s.stage_table} ({scols}) {_stages_select(source, where)}", *args
     )
     frame_totals: dict[tuple[str, datetime], Rollup] = {}
+    failures: dict[FailureKey, FailureStat] = {}
     async for rec in conn.cursor(f"SELECT {fcols} FROM {s.frame_table} {where}", *args, prefetch=10_000):
-        key, r = frame_contribution(frame_from_db(rec))
+        row = frame_from_db(rec)
+        key, r = frame_contribution(row)
         frame_totals.setdefault(key, Rollup()).add(r)
+        if (failed := frame_failure(row)) is not None:
+            failures.setdefault(failed[0], FailureStat()).add(failed[1])
     stage_totals: dict[tuple[str, datetime], Rollup] = {}
     async for rec in conn.cursor(f"SELECT {scols} FROM {s.stage_table} {where}", *args, prefetch=10_000):
-        key, r = stage_contribution(stage_from_db(rec))
+        srow = stage_from_db(rec)
+        key, r = stage_contribution(srow)
         stage_totals.setdefault(key, Rollup()).add(r)
+        if (failed_run := stage_failure(srow)) is not None:
+            failures.setdefault(failed_run[0], FailureStat()).add(failed_run[1])
     for totals, counters, upsert in (
         (frame_totals, FRAME_COUNTERS, s.upsert_frame_stats),
         (stage_totals, STAGE_COUNTERS, s.upsert_stage_stats),
@@ -195,4 +213,8 @@ async def recompute(
         rows: list[Any] = [(*key, *r.as_row(counters)) for key, r in sorted(totals.items())]
         if rows:
             await conn.executemany(upsert, rows)
+    if failures:
+        await conn.executemany(
+            s.upsert_failure_stats, [failure_to_db(k, f) for k, f in sorted(failures.items())]
+        )
     return int(frames.split()[-1]), int(stages.split()[-1])

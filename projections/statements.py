@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from projections.columns import FRAME_COLS, STAGE_COLS
+from projections.columns import FAILURE_COLS, FAILURE_KEY_COLS, FRAME_COLS, STAGE_COLS
 
 PROJECTION = "frames"
 
@@ -25,10 +25,12 @@ class GenerationStatements:
     def __init__(self, g: int) -> None:
         fm, ps = f"frame_metadata_g{g}", f"processing_stages_g{g}"
         fsh, pst = f"frame_stats_hourly_g{g}", f"performance_stats_g{g}"
+        fst = f"failure_stats_g{g}"
         self.frame_table, self.stage_table = fm, ps
         self.frame_stats_table, self.stage_stats_table = fsh, pst
+        self.failure_stats_table = fst
         # The generation's time-partitioned tables (``tracker_ensure_partitions``).
-        self.tables = (fm, ps, fsh, pst)
+        self.tables = (fm, ps, fsh, pst, fst)
         fcols = ", ".join(FRAME_COLS)
         scols = ", ".join(STAGE_COLS)
         fset = ", ".join(f"{c} = EXCLUDED.{c}" for c in FRAME_COLS[2:]) + ", updated_at = now()"
@@ -79,6 +81,54 @@ class GenerationStatements:
             "duration_count = t.duration_count + EXCLUDED.duration_count, "
             "duration_sum_ms = t.duration_sum_ms + EXCLUDED.duration_sum_ms, "
             "duration_buckets = tracker_array_add(t.duration_buckets, EXCLUDED.duration_buckets)"
+        )
+        # The failure rollup (projections.rollups): counts add up; the first time
+        # is a min; the sample is the later of the two by (last_seen, frame id,
+        # frame timestamp, attempt), compared as Python compares them (the sample
+        # id column is COLLATE "C": code-point order), and last_seen is its time.
+        # A delta that adds nothing (only a retraction) has no sample and keeps
+        # the stored one; its group is then set from the rows (set_failure_stats).
+        later = (
+            "(EXCLUDED.sample_frame_id IS NOT NULL AND (t.sample_frame_id IS NULL OR "
+            "(EXCLUDED.last_seen, EXCLUDED.sample_frame_id, EXCLUDED.sample_frame_timestamp, "
+            "EXCLUDED.sample_attempt) > (t.last_seen, t.sample_frame_id, t.sample_frame_timestamp, "
+            "t.sample_attempt)))"
+        )
+        sample_cols = (
+            "last_seen",
+            "sample_frame_id",
+            "sample_frame_timestamp",
+            "sample_attempt",
+            "sample_trace_id",
+        )
+        fkeys = ", ".join(FAILURE_KEY_COLS)
+        self.upsert_failure_stats = (
+            f"INSERT INTO {fst} AS t ({', '.join(FAILURE_COLS)}) "
+            f"VALUES ({', '.join(f'${i}' for i in range(1, len(FAILURE_COLS) + 1))}) "
+            f"ON CONFLICT ({fkeys}) DO UPDATE SET failures = t.failures + EXCLUDED.failures, "
+            "first_seen = least(t.first_seen, EXCLUDED.first_seen), "
+            + ", ".join(f"{c} = CASE WHEN {later} THEN EXCLUDED.{c} ELSE t.{c} END" for c in sample_cols)
+        )
+        # A group's failure rollup row set from what the fold computed of its rows.
+        nkeys = len(FAILURE_KEY_COLS)
+        self.set_failure_stats = (
+            f"UPDATE {fst} SET "
+            + ", ".join(f"{c} = ${i}" for i, c in enumerate(FAILURE_COLS[nkeys:], nkeys + 1))
+            + " WHERE "
+            + " AND ".join(f"{c} = ${i}" for i, c in enumerate(FAILURE_KEY_COLS, 1))
+        )
+        # The rows of the failure rollup's groups: failed frames, and failed or
+        # conflicted stage runs, of (camera, hour) pairs.
+        self.select_failed_frames = (
+            f"SELECT {fcols} FROM {fm} t JOIN unnest($1::text[], $2::timestamptz[]) AS k(cam, h) "
+            "ON t.camera_id = k.cam AND t.frame_timestamp >= k.h "
+            "AND t.frame_timestamp < k.h + interval '1 hour' WHERE t.failed_event_id IS NOT NULL"
+        )
+        self.select_failed_stages = (
+            f"SELECT {scols} FROM {ps} t JOIN unnest($1::text[], $2::timestamptz[]) AS k(cam, h) "
+            "ON t.camera_id = k.cam AND t.frame_timestamp >= k.h "
+            "AND t.frame_timestamp < k.h + interval '1 hour' "
+            "WHERE t.status IN ('failed', 'conflicted') AND t.failed_event_id IS NOT NULL"
         )
 
 

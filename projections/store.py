@@ -2,7 +2,8 @@
 each generation's tables.
 
 ``apply`` writes one batch in one transaction: the folded frame and stage rows,
-the rollup deltas and the checkpoints. Before writing it checks that the stored
+the rollup deltas (and, for a failure rollup group a batch retracted a failure
+from, the group set from its rows) and the checkpoints. Before writing it checks that the stored
 checkpoints are the ones this writer expects (optimistic concurrency): a
 zombie worker after a rebalance, or a live worker after a rebuild was swapped
 in, finds them changed, writes nothing, and re-seeks.
@@ -17,8 +18,25 @@ import asyncpg
 
 # The columns, row conversions and statements are re-exported: the store's
 # users (tests, bench) import them from here.
-from projections.columns import FRAME_COLS, STAGE_COLS, frame_from_db, frame_to_db, stage_from_db, stage_to_db
-from projections.fold import FRAME_COUNTERS, STAGE_COUNTERS, BatchFold, merge_batch
+from projections.columns import (
+    FRAME_COLS,
+    STAGE_COLS,
+    failure_to_db,
+    frame_from_db,
+    frame_to_db,
+    stage_from_db,
+    stage_to_db,
+)
+from projections.fold import (
+    FRAME_COUNTERS,
+    FRAME_FAILURE,
+    STAGE_COUNTERS,
+    BatchFold,
+    FailureKey,
+    FailureStat,
+    failure_totals,
+    merge_batch,
+)
 from projections.ports import (
     ApplyResult,
     Positions,
@@ -206,4 +224,35 @@ class FramesProjectionStore(ProjectionStore):
                     for (stage, hour), d in sorted(merged.stage_deltas.items())
                 ],
             )
+        if merged.failure_deltas:
+            deltas = sorted(merged.failure_deltas.items())
+            # Also locks each group's row, which the recompute below relies on.
+            await conn.executemany(s.upsert_failure_stats, [failure_to_db(k, d) for k, d in deltas])
+            recompute = [k for k, d in deltas if d.recompute]
+            if recompute:
+                await self._recompute_failures(conn, s, recompute)
         return ApplyResult(len(merged.frames), len(merged.stages), 0)
+
+    async def _recompute_failures(
+        self, conn: asyncpg.Connection, s: GenerationStatements, keys: list[FailureKey]
+    ) -> None:
+        """Set the failure rollup groups ``keys`` from their rows (this batch's included).
+
+        Exact under concurrent writers too: this transaction already holds the
+        groups' rows locked (the upsert before), so every other writer that
+        added to a group either committed before (its rows are seen by the read
+        below: the callers' transactions are READ COMMITTED, so each statement
+        reads a new snapshot) or adds its delta after this commit."""
+        frame_groups = sorted({(k[2], k[1]) for k in keys if k[0] == FRAME_FAILURE})
+        stage_groups = sorted({(k[2], k[1]) for k in keys if k[0] != FRAME_FAILURE})
+        frames, stages = [], []
+        if frame_groups:
+            cams, hours = [c for c, _ in frame_groups], [h for _, h in frame_groups]
+            frames = [frame_from_db(r) for r in await conn.fetch(s.select_failed_frames, cams, hours)]
+        if stage_groups:
+            cams, hours = [c for c, _ in stage_groups], [h for _, h in stage_groups]
+            stages = [stage_from_db(r) for r in await conn.fetch(s.select_failed_stages, cams, hours)]
+        fresh = failure_totals(frames, stages, set(keys))
+        await conn.executemany(
+            s.set_failure_stats, [failure_to_db(k, fresh.get(k) or FailureStat()) for k in keys]
+        )

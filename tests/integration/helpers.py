@@ -98,16 +98,19 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
     """(actual, expected): the live generation's rows and rollups, and a fold of frame_events."""
     import asyncpg
 
+    from projections.columns import FAILURE_COLS, failure_from_db
     from projections.events import STORE_COLUMNS, from_store
     from projections.fold import (
         FRAME_COUNTERS,
         STAGE_COUNTERS,
         Rollup,
+        failure_totals,
         fold,
         frame_contribution,
         stage_contribution,
     )
     from projections.store import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
+    from tests.support.projection_store_contract import comparable_failures
 
     conn = await asyncpg.connect(settings.database.url.get())
     try:
@@ -123,6 +126,7 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         ]
         fstats = await conn.fetch("SELECT * FROM frame_stats_hourly")
         pstats = await conn.fetch("SELECT * FROM performance_stats")
+        failures = await conn.fetch(f"SELECT {', '.join(FAILURE_COLS)} FROM failure_stats_g{g}")
     finally:
         await conn.close()
     ref = fold(sorted(events, key=lambda e: e.order_key))
@@ -178,18 +182,20 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
             for r in pstats
             if r["runs"]
         },
+        "failure_stats": comparable_failures(dict(failure_from_db(r) for r in failures)),
     }
     expected = {
         "frames": ref.frames,
         "stages": {k: v for k, v in ref.stages.items()},
         "frame_stats": {k: frow(v) for k, v in ref_f.items()},
         "stage_stats": {k: srow(v) for k, v in ref_s.items()},
+        "failure_stats": comparable_failures(failure_totals(ref.frames.values(), ref.stages.values())),
     }
     return actual, expected
 
 
 def assert_same_projection(actual: dict, expected: dict) -> None:  # type: ignore[type-arg]
-    for part in ("frames", "stages", "frame_stats", "stage_stats"):
+    for part in ("frames", "stages", "frame_stats", "stage_stats", "failure_stats"):
         a, e = actual[part], expected[part]
         missing, extra = set(e) - set(a), set(a) - set(e)
         assert not missing and not extra, f"{part}: missing {list(missing)[:3]}, extra {list(extra)[:3]}"

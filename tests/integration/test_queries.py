@@ -179,6 +179,7 @@ async def test_retention_drops_whole_days_everywhere(settings: Settings, db) -> 
         "processing_stages_g1",
         "frame_stats_hourly_g1",
         "performance_stats_g1",
+        "failure_stats_g1",
     } <= tables
     cutoff = datetime.now(UTC) - timedelta(days=5)
     for t, col in [
@@ -190,6 +191,7 @@ async def test_retention_drops_whole_days_everywhere(settings: Settings, db) -> 
     ]:
         assert await db.fetchval(f"SELECT count(*) FROM {t} WHERE {col} < $1", cutoff) == 0, t
         assert await db.fetchval(f"SELECT count(*) FROM {t}") > 0, t
+    assert await db.fetchval("SELECT count(*) FROM failure_stats WHERE hour < $1", cutoff) == 0
     # What is left is still a consistent projection of what is left.
     from tests.integration.helpers import assert_same_projection, projection_vs_store
 

@@ -3,7 +3,8 @@
 Hypothesis draws histories of a few frames (contradictory, partial, with
 re-sent reports that tie on time, mixed cameras, traces present and absent),
 stores them in ``frame_events`` and recomputes an empty generation in SQL; the
-rows and rollups must be exactly those the Python fold makes of the same events.
+rows and rollups (the failure rollup too) must be exactly those the Python fold
+makes of the same events.
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from projections.columns import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
+from projections.columns import (
+    FAILURE_COLS,
+    FRAME_COLS,
+    STAGE_COLS,
+    failure_from_db,
+    frame_from_db,
+    stage_from_db,
+)
 from projections.fold import (
     FRAME_COUNTERS,
     STAGE_COUNTERS,
     ProjEvent,
+    failure_totals,
     fold,
     frame_contribution,
     rollup_totals,
@@ -190,6 +199,12 @@ async def _check(dsn: str, events: list[ProjEvent], generation: int) -> None:
                     f"FROM performance_stats_g{generation}"
                 )
             }  # fmt: skip
+            failure_stats = dict(
+                failure_from_db(r)
+                for r in await conn.fetch(
+                    f"SELECT {', '.join(FAILURE_COLS)} FROM failure_stats_g{generation}"
+                )
+            )
             await conn.execute("SELECT tracker_drop_frames_generation($1)", generation)
     finally:
         await pool.close()
@@ -213,6 +228,7 @@ async def _check(dsn: str, events: list[ProjEvent], generation: int) -> None:
 
     assert frame_stats == as_rows(rollup_totals(expected.frames.values(), frame_contribution), FRAME_COUNTERS)
     assert stage_stats == as_rows(rollup_totals(expected.stages.values(), stage_contribution), STAGE_COUNTERS)
+    assert failure_stats == failure_totals(expected.frames.values(), expected.stages.values())
 
 
 def test_the_set_based_fold_equals_the_reference_fold(settings: Settings) -> None:

@@ -15,9 +15,10 @@ both through :class:`PostgresProjectionStoreContract`, which needs only a ``pool
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,15 +26,19 @@ from typing import Any
 import asyncpg
 import pytest
 
+from projections.columns import FAILURE_COLS, failure_from_db
 from projections.fold import (
     FRAME_COUNTERS,
     STAGE_COUNTERS,
+    FailureKey,
+    FailureStat,
     FrameKey,
     FrameRow,
     ProjEvent,
     Rollup,
     StageKey,
     StageRow,
+    failure_totals,
     fold,
     frame_contribution,
     rollup_totals,
@@ -51,6 +56,16 @@ TOPIC = "t.frames.processing"
 HourKey = tuple[str, datetime]
 
 
+def comparable_failures(stats: Mapping[FailureKey, FailureStat]) -> dict[FailureKey, tuple[Any, ...]]:
+    """A failure rollup as comparable tuples: ``(failures, first_seen, sample)``
+    by key; a row of no failures is left out only if it holds nothing else."""
+    return {
+        k: (f.failures, f.first_seen, f.sample)
+        for k, f in stats.items()
+        if f.failures or f.first_seen is not None or f.sample is not None
+    }
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A generation's rows, and its rollups as comparable tuples (rows that sum to zero left out)."""
@@ -59,6 +74,7 @@ class Snapshot:
     stages: dict[StageKey, StageRow]
     frame_stats: dict[HourKey, tuple[Any, ...]]
     stage_stats: dict[HourKey, tuple[Any, ...]]
+    failure_stats: dict[FailureKey, tuple[Any, ...]]
 
     @classmethod
     def of(
@@ -67,6 +83,7 @@ class Snapshot:
         stages: Iterable[StageRow],
         frame_stats: dict[HourKey, Rollup],
         stage_stats: dict[HourKey, Rollup],
+        failure_stats: Mapping[FailureKey, FailureStat] | None = None,
     ) -> Snapshot:
         def comparable(
             stats: dict[HourKey, Rollup], counters: tuple[str, ...]
@@ -83,6 +100,7 @@ class Snapshot:
             {(s.frame_id, s.frame_timestamp, s.stage, s.attempt): s for s in stages},
             comparable(frame_stats, FRAME_COUNTERS),
             comparable(stage_stats, STAGE_COUNTERS),
+            comparable_failures(failure_stats or {}),
         )
 
 
@@ -100,6 +118,7 @@ def expected(events: Iterable[ProjEvent]) -> Snapshot:
         ref.stages.values(),
         rollup_totals(ref.frames.values(), frame_contribution),
         rollup_totals(ref.stages.values(), stage_contribution),
+        failure_totals(ref.frames.values(), ref.stages.values()),
     )
 
 
@@ -192,6 +211,76 @@ def batches(events: list[ProjEvent], n: int, *, seed: int) -> list[list[ProjEven
     sent = events + rng.sample(events, len(events) // 4)
     rng.shuffle(sent)
     return [sent[i::n] for i in range(n)]
+
+
+def failure_history(tag: str = "") -> tuple[list[ProjEvent], list[ProjEvent]]:
+    """Failures, then later reports that move them in the failure rollup:
+    ``(first, then)``. Applied after ``first``, ``then`` retracts failures from
+    their groups (an earlier ``ProcessingFailed`` with another stage or error
+    type, or the same one earlier; a completion that makes a failed stage run
+    conflicted and finished earlier; a re-sent stage failure with another
+    type; a later event with another trace id), empties a group, and leaves
+    samples to be chosen among ties (the same time: frame ids that sort
+    differently by code point and by a natural-language collation, one frame id
+    at two capture times, two attempts). ``tag`` prefixes the frame ids."""
+    n = 0
+    hour = timedelta(hours=1)
+
+    def ev(
+        fid: str, etype: str, after_ms: float, *, captured: datetime = T0, cam: str = "cam-a", **kw: Any
+    ) -> ProjEvent:
+        nonlocal n
+        n += 1
+        kw.setdefault("trace_id", f"{fid}-trace")
+        return ProjEvent(
+            event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}/{n}")),
+            event_type=etype,
+            frame_id=tag + fid,
+            camera_id=cam,
+            frame_timestamp=captured,
+            occurred_at=captured + timedelta(milliseconds=after_ms),
+            **kw,
+        )
+
+    def failed(fid: str, after_ms: float, error: str | None, stage: str | None, **kw: Any) -> ProjEvent:
+        return ev(fid, "ProcessingFailed", after_ms, error_type=error, error_message="m", stage=stage, **kw)
+
+    def stage(fid: str, etype: str, after_ms: float, name: str, attempt: int = 1, **kw: Any) -> ProjEvent:
+        return ev(fid, etype, after_ms, stage=name, attempt=attempt, duration_ms=5.0, **kw)
+
+    later = T0 + timedelta(minutes=1)
+    first = [
+        *(ev(f, "FrameCaptured", 0) for f in ("moves", "latest", "trace", "ties-1", "twin", "alone")),
+        failed("moves", 90, "Boom", "analyze"),
+        failed("latest", 100, "Boom", "analyze"),
+        failed("trace", 95, "Boom", "analyze", trace_id="trace-x"),
+        stage("conflicts", "StageFailed", 20, "detect", error_type="Timeout"),
+        stage("retyped", "StageFailed", 30, "detect", error_type="Timeout"),
+        # The same time in one group: the sample is the greatest frame id by code
+        # point ("f1", then "f.1"), not by a natural-language collation ("f-2").
+        *(failed(f, 40, "Boom", "notify") for f in ("F1", "f-2", "f.1", "f1")),
+        # One frame id captured twice in one hour, failing at the same moment.
+        failed("twin", 70_000, "Twin", "notify", captured=T0),
+        failed("twin", 10_000, "Twin", "notify", captured=later),
+        # Two attempts of a stage failing at the same moment.
+        stage("attempts", "StageFailed", 50, "analyze", 1, error_type="Crash"),
+        stage("attempts", "StageFailed", 50, "analyze", 2, error_type="Crash"),
+        # No stage, no error type.
+        failed("untyped", 60, None, None),
+        # Alone in its group: the group is left empty below.
+        failed("alone", 10, "Boom", "analyze", captured=T0 + hour, cam="cam-b"),
+    ]
+    then = [
+        failed("moves", 80, "Timeout", "detect"),
+        failed("latest", 50, "Boom", "analyze"),
+        ev("trace", "StageStarted", 500, stage="notify", trace_id="trace-y"),
+        stage("conflicts", "StageCompleted", 15, "detect"),
+        stage("retyped", "StageFailed", 25, "detect", error_type="Crash"),
+        failed("f1", 39, "Boom", "notify"),
+        failed("alone", 5, "Other", "analyze", captured=T0 + hour, cam="cam-b"),
+        failed("untyped", 55, None, None, trace_id=None),
+    ]
+    return first, then
 
 
 class ProjectionStoreContract:
@@ -311,6 +400,83 @@ class ProjectionStoreContract:
         assert await read_back(live) == after == expected(events)
         assert await store.checkpoints(live) == {(TOPIC, 0): n}
 
+    async def test_the_failure_rollup_equals_one_recomputed_from_the_rows(
+        self, store: ProjectionStore, read_back: ReadBack
+    ) -> None:
+        """Failures added, then moved, made earlier or conflicted, re-traced, and a
+        group emptied, in any order and batching: the failure rollup is always the
+        one computed from scratch from the final rows."""
+        live = await store.live_generation()
+        applied: list[ProjEvent] = []
+        for seed in range(4):
+            first, then = failure_history(f"s{seed}/")
+            # Failures first, what moves them after (retractions), then everything again in any order.
+            for part in (first, then):
+                for batch in batches(part, 2, seed=seed):
+                    await store.apply(batch, generation=live)
+                applied += part
+                assert await read_back(live) == expected(applied)
+            for batch in batches(first + then, 3, seed=seed + 10):
+                await store.apply(batch, generation=live)
+            assert await read_back(live) == expected(applied)
+        # The other way round: what moves them first.
+        first, then = failure_history("rev/")
+        for part in (then, first):
+            await store.apply(part, generation=live)
+            applied += part
+            assert await read_back(live) == expected(applied)
+        failures = (await read_back(live)).failure_stats
+        hour = T0.replace(minute=0)
+        assert ("frame", hour + timedelta(hours=1), "cam-b", "analyze", "Boom") not in failures  # emptied
+        count, _, sample = failures[("frame", hour, "cam-a", "notify", "Boom")]
+        assert count == 4 * 5 and sample.frame_id == "s3/f.1"
+
+    async def test_concurrent_batches_keep_the_failure_rollup_exact(
+        self, store: ProjectionStore, read_back: ReadBack
+    ) -> None:
+        """Two writers at once (other frames, the same failure groups), each
+        retracting failures the other's group holds: nothing is lost."""
+        live = await store.live_generation()
+        applied: list[ProjEvent] = []
+        for round_ in range(3):
+            lanes = [failure_history(f"r{round_}-lane{lane}/") for lane in range(2)]
+            for part in (0, 1):
+                await asyncio.gather(*(store.apply(lane[part], generation=live) for lane in lanes))
+                applied += [e for lane in lanes for e in lane[part]]
+        assert await read_back(live) == expected(applied)
+
+    async def test_two_writers_retracting_from_one_group_at_once(
+        self, store: ProjectionStore, read_back: ReadBack
+    ) -> None:
+        """Two batches of other frames at once, each retracting one of the two
+        latest failures of a group (by an earlier report), and nothing else (no
+        other rollup row in common, which would serialise them): each must see
+        the other's change, or the group keeps a last time no row has."""
+        live = await store.live_generation()
+
+        def failed(fid: str, after_ms: float) -> ProjEvent:
+            return ProjEvent(
+                event_id=str(uuid.uuid4()),
+                event_type="ProcessingFailed",
+                frame_id=fid,
+                camera_id="cam-a",
+                frame_timestamp=T0,
+                occurred_at=T0 + timedelta(milliseconds=after_ms),
+                stage="analyze",
+                error_type="Boom",
+                trace_id=f"{fid}-trace",
+            )
+
+        applied: list[ProjEvent] = []
+        for round_ in range(3):
+            a, b, c = (f"r{round_}-{x}" for x in "abc")
+            first = [failed(a, 101 + round_), failed(b, 100 + round_), failed(c, 50 - round_)]
+            await store.apply(first, generation=live)
+            moves = [[failed(a, 55)], [failed(b, 56)]]
+            await asyncio.gather(*(store.apply(m, generation=live) for m in moves))
+            applied += first + moves[0] + moves[1]
+            assert await read_back(live) == expected(applied)
+
 
 class PostgresProjectionStoreContract(ProjectionStoreContract):
     """The contract for the PostgreSQL store (:class:`FramesProjectionStore`) on
@@ -347,6 +513,7 @@ class PostgresGenerations:
             stages = await conn.fetch(f"SELECT {', '.join(STAGE_COLS)} FROM {s.stage_table}")
             frame_stats = await conn.fetch(f"SELECT * FROM {s.frame_stats_table}")
             stage_stats = await conn.fetch(f"SELECT * FROM {s.stage_stats_table}")
+            failure_stats = await conn.fetch(f"SELECT {', '.join(FAILURE_COLS)} FROM {s.failure_stats_table}")
 
         def rollups(
             rows: list[asyncpg.Record], key: str, counters: tuple[str, ...], latency: str
@@ -366,6 +533,7 @@ class PostgresGenerations:
             [stage_from_db(r) for r in stages],
             rollups(frame_stats, "camera_id", FRAME_COUNTERS, "processing_time"),
             rollups(stage_stats, "stage", STAGE_COUNTERS, "duration"),
+            dict(failure_from_db(r) for r in failure_stats),
         )
 
     async def new_generation(self) -> int:

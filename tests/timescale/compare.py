@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from projections.events import STORE_COLUMNS, from_store
-from projections.fold import fold, frame_contribution, rollup_deltas, stage_contribution
+from projections.fold import failure_totals, fold, frame_contribution, rollup_deltas, stage_contribution
 from tracker.config import Settings
 from tracker.errors import NotFound
 from tracker.queries import FrameTrackingQueries
@@ -209,4 +209,28 @@ async def projection_problems(conn: asyncpg.Connection) -> list[str]:
             exp = {c: w.counts.get(c, 0) for c in counters}
             if got != exp:
                 problems.append(f"{table} {k}: {got} != fold {exp}")
+
+    # The failure rollup (error types as the view shows them: None for none).
+    want_failures = {
+        (*k[:4], k[4] or None): (f.failures, f.first_seen, tuple(f.sample) if f.sample else None)
+        for k, f in failure_totals(folded.frames.values(), folded.stages.values()).items()
+    }
+    have_failures = {
+        (r["source"], r["hour"], r["camera_id"], r["stage"], r["error_type"]): (
+            r["failures"],
+            r["first_seen"],
+            (
+                r["last_seen"],
+                r["sample_frame_id"],
+                r["sample_frame_timestamp"],
+                r["sample_attempt"],
+                r["sample_trace_id"],
+            ),
+        )
+        for r in await conn.fetch("SELECT * FROM failure_stats WHERE failures > 0")
+    }
+    if have_failures != want_failures:
+        problems.append(
+            f"failure_stats: {len(have_failures)} rows, the fold {len(want_failures)}; or they differ"
+        )
     return problems

@@ -38,7 +38,14 @@ from tracker.config import Settings
 pytestmark = pytest.mark.integration  # also needs the local PostgreSQL
 
 HOURS = 48.0  # query window: covers yesterday whenever today the test runs
-TABLES = ("frame_events", "frame_metadata", "processing_stages", "frame_stats_hourly", "performance_stats")
+TABLES = (
+    "frame_events",
+    "frame_metadata",
+    "processing_stages",
+    "frame_stats_hourly",
+    "performance_stats",
+    "failure_stats",
+)
 
 
 @dataclass
@@ -101,6 +108,7 @@ async def test_the_history_is_written_the_same_through_the_write_path(filled: Fi
             "processing_stages_g1",
             "frame_stats_hourly_g1",
             "performance_stats_g1",
+            "failure_stats_g1",
         ],
         1,
     )

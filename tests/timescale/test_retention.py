@@ -34,6 +34,7 @@ TABLES = {
     "processing_stages": "frame_timestamp",
     "frame_stats_hourly": "hour",
     "performance_stats": "hour",
+    "failure_stats": "hour",
 }
 HOURS = 96.0
 
@@ -109,6 +110,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
             "processing_stages_g1",
             "frame_stats_hourly_g1",
             "performance_stats_g1",
+            "failure_stats_g1",
         ]
     ), dropped
     assert all(d["dropped"].startswith("_timescaledb_internal.") for d in dropped["timescaledb"])  # chunks

@@ -16,6 +16,7 @@ TIME_PARTITIONED = {
     "processing_stages_g1": "frame_timestamp",
     "frame_stats_hourly_g1": "hour",
     "performance_stats_g1": "hour",
+    "failure_stats_g1": "hour",
 }
 
 
@@ -70,6 +71,7 @@ async def test_every_time_partitioned_table_is_a_hypertable(timescale: MigratedS
             ("processing_stages", "processing_stages_g1"),
             ("frame_stats_hourly", "frame_stats_hourly_g1"),
             ("performance_stats", "performance_stats_g1"),
+            ("failure_stats", "failure_stats_g1"),
         ]:
             assert table in await conn.fetchval("SELECT pg_get_viewdef($1::regclass)", view)
         # Partition maintenance is TimescaleDB's: a no-op here.
@@ -90,6 +92,7 @@ async def test_every_time_partitioned_table_is_a_hypertable(timescale: MigratedS
             "processing_stages_g2",
             "frame_stats_hourly_g2",
             "performance_stats_g2",
+            "failure_stats_g2",
         } <= hypers
         await conn.execute("SELECT tracker_drop_frames_generation(2)")
         hypers = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from projections.fold import BatchFold, Rollup, frame_contribution
+from projections.fold import BatchFold, FailureKey, Rollup, frame_contribution
 from projections.in_memory import Generation, InMemoryProjectionStore
 from projections.ports import ApplyResult
 from tests.support.projection_store_contract import (
@@ -25,7 +25,9 @@ from tests.support.projection_store_contract import (
 def read_back_of(store: InMemoryProjectionStore) -> ReadBack:
     async def snapshot(generation: int) -> Snapshot:
         g = store.generations.get(generation, Generation())
-        return Snapshot.of(g.frames.values(), g.stages.values(), g.frame_stats, g.stage_stats)
+        return Snapshot.of(
+            g.frames.values(), g.stages.values(), g.frame_stats, g.stage_stats, g.failure_stats
+        )
 
     return snapshot
 
@@ -97,6 +99,13 @@ class _Defective(InMemoryProjectionStore):
                 g.frame_stats.setdefault(k, Rollup()).add(r)
         return result
 
+    def _recompute_failures(self, g: Generation, keys: set[FailureKey]) -> None:
+        if self.defect == "only merges failures, never recomputes a group":
+            for k in keys:
+                g.failure_stats[k].recompute = False
+        else:
+            super()._recompute_failures(g, keys)
+
 
 @pytest.mark.parametrize(
     ("defect", "check"),
@@ -108,6 +117,18 @@ class _Defective(InMemoryProjectionStore):
         ("forgets the checkpoints", "test_checkpoints_are_written_with_the_rows"),
         ("forgets the checkpoints", "test_a_generation_is_written_apart_from_the_live_one"),
         ("counts a redelivery in the rollups", "test_a_redelivered_batch_changes_nothing"),
+        (
+            "only merges failures, never recomputes a group",
+            "test_the_failure_rollup_equals_one_recomputed_from_the_rows",
+        ),
+        (
+            "only merges failures, never recomputes a group",
+            "test_concurrent_batches_keep_the_failure_rollup_exact",
+        ),
+        (
+            "only merges failures, never recomputes a group",
+            "test_two_writers_retracting_from_one_group_at_once",
+        ),
     ],
 )
 async def test_each_contract_check_can_fail(defect: str, check: str) -> None:
