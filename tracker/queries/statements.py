@@ -2,8 +2,8 @@
 
 Each is served by an index or a rollup (``tests/integration/test_queries.py``
 checks the plans by statement, and bench EXPLAINs the windowed ones): the
-journey by ``frame_id`` indexes, windows by ``frame_timestamp`` partitions and
-indexes, statistics by the hourly rollups.
+journey by ``frame_id`` indexes, slow frames by ``frame_timestamp`` partitions
+and indexes, statistics and the failure analysis by the hourly rollups.
 """
 
 from __future__ import annotations
@@ -52,31 +52,34 @@ WHERE m.frame_timestamp >= $1 AND m.total_processing_time_ms >= $2
 ORDER BY m.total_processing_time_ms DESC, m.frame_id
 LIMIT $4
 """
-# Failed frames come from frame_metadata (the partial index on failed_at keeps
-# that to the failed rows); the frames they are a share of come from the hourly
-# rollup, which the projection keeps exact, instead of counting every frame of
-# the window. Hence the window starts on an hour, as the other rollup reads do.
+# The failure analysis reads rollups only: failure_stats (sql/005, kept by the
+# projection) for the failures, frame_stats_hourly for the frames they are a
+# share of. Both are hourly, so the window starts on an hour, as the other
+# rollup reads do. The sample is the latest failure of its group, ties broken
+# as the projection breaks them (sample_frame_id is COLLATE "C").
 FAILURES = """
-SELECT coalesce(m.error_stage, '(none)') AS stage, m.error_type, m.camera_id,
-       count(*) AS failures,
-       min(m.failed_at) AS first_seen, max(m.failed_at) AS last_seen,
-       (array_agg(m.frame_id ORDER BY m.failed_at DESC))[1] AS sample_frame_id,
-       (array_agg(m.last_trace_id ORDER BY m.failed_at DESC))[1] AS sample_trace_id
-FROM frame_metadata m
-WHERE m.frame_timestamp >= $1 AND m.failed_at IS NOT NULL
-GROUP BY 1, 2, 3
-ORDER BY failures DESC, stage, m.error_type, m.camera_id
+SELECT stage, error_type, camera_id,
+       sum(failures) AS failures, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
+       (array_agg(sample_frame_id ORDER BY last_seen DESC, sample_frame_id DESC,
+                  sample_frame_timestamp DESC))[1] AS sample_frame_id,
+       (array_agg(sample_trace_id ORDER BY last_seen DESC, sample_frame_id DESC,
+                  sample_frame_timestamp DESC))[1] AS sample_trace_id
+FROM failure_stats
+WHERE source = 'frame' AND hour >= $1 AND failures > 0
+GROUP BY stage, error_type, camera_id
+ORDER BY failures DESC, stage, error_type, camera_id
 """
 FRAMES_PER_CAMERA = """
 SELECT camera_id, sum(frames) AS frames FROM frame_stats_hourly WHERE hour >= $1 GROUP BY camera_id
 """
 STAGE_FAILURES = """
-SELECT stage, error_type, count(*) AS failures, min(finished_at) AS first_seen,
-       max(finished_at) AS last_seen,
-       (array_agg(frame_id ORDER BY finished_at DESC))[1] AS sample_frame_id
-FROM processing_stages
-WHERE frame_timestamp >= $1 AND status IN ('failed', 'conflicted')
-GROUP BY 1, 2 ORDER BY failures DESC, stage, error_type
+SELECT stage, error_type, sum(failures) AS failures, min(first_seen) AS first_seen,
+       max(last_seen) AS last_seen,
+       (array_agg(sample_frame_id ORDER BY last_seen DESC, sample_frame_id DESC,
+                  sample_frame_timestamp DESC, sample_attempt DESC))[1] AS sample_frame_id
+FROM failure_stats
+WHERE source = 'stage' AND hour >= $1 AND failures > 0
+GROUP BY stage, error_type ORDER BY failures DESC, stage, error_type
 """
 CAMERA_STATS = """
 SELECT camera_id, sum(frames) AS frames, sum(captured) AS captured, sum(queued) AS queued,
