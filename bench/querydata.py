@@ -6,9 +6,11 @@ fold (``projections.fold``) and COPYed into seed tables; the seed is then
 replicated 24 times inside PostgreSQL, each copy one hour earlier with its own
 event, frame and trace ids, into ``frame_events`` and the live generation's
 ``frame_metadata``/``processing_stages``. The rollups are the seed's rollups
-shifted by the same hours, so every table agrees with every other. All stored
-events fall in the last 24 hours: the 24-hour failure analysis spans all of
-them and the 1-hour slow-frame window one twenty-fourth.
+shifted by the same hours (the failure rollup: the seed's failures, each with
+its copy's times, frame id and trace id, grouped again), so every table agrees
+with every other. All stored events fall in the last 24 hours: the 24-hour
+failure analysis spans all of them and the 1-hour slow-frame window one
+twenty-fourth.
 
 The secondary indexes and primary keys are dropped during the bulk insert and
 rebuilt afterwards with their original definitions (then VACUUM ANALYZE, as
@@ -20,6 +22,7 @@ query figures are for unbloated indexes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,14 +31,20 @@ import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.mix import TraceIds, plan_events
+from projections.columns import failure_to_db
 from projections.fold import (
     FRAME_COUNTERS,
     STAGE_COUNTERS,
     BatchFold,
+    FailureKey,
+    FailureSample,
+    FailureStat,
     ProjEvent,
     Rollup,
     frame_contribution,
+    frame_failure,
     stage_contribution,
+    stage_failure,
 )
 from projections.store import FRAME_COLS, STAGE_COLS, GenerationStatements, frame_to_db, stage_to_db
 from tracker.codec import FrameEventCodec
@@ -63,6 +72,31 @@ $$ SELECT CASE WHEN k = 0 THEN id ELSE id || '.r' || k END $$;
 
 def replica_frame_id(frame_id: str, k: int) -> str:
     return frame_id if k == 0 else f"{frame_id}.r{k}"
+
+
+def _replica_hex(value: str | None, k: int) -> str | None:
+    """``bench_hex`` (``_FUNCS``) in Python."""
+    return value if k == 0 or value is None else hashlib.md5(f"{value}:{k}".encode()).hexdigest()
+
+
+def replica_failures(
+    seed: list[tuple[FailureKey, FailureSample]], hours: int
+) -> dict[FailureKey, FailureStat]:
+    """The failure rollup of ``hours`` copies of the seed's failures, copy ``k``
+    ``k`` hours earlier with the frame and trace ids the copy's rows get."""
+    out: dict[FailureKey, FailureStat] = {}
+    for k in range(hours):
+        d = timedelta(hours=k)
+        for (source, hour, camera, stage, error_type), f in seed:
+            copy = FailureSample(
+                f.at - d,
+                replica_frame_id(f.frame_id, k),
+                f.frame_timestamp - d,
+                f.attempt,
+                _replica_hex(f.trace_id, k),
+            )
+            out.setdefault((source, hour - d, camera, stage, error_type), FailureStat()).add(copy)
+    return out
 
 
 async def _seed(settings: Settings, events_per_hour: int, seed: int, start: datetime) -> dict[str, Any]:
@@ -121,6 +155,9 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
     for srow in batch.stages.values():
         sk, sr = stage_contribution(srow)
         sstats.setdefault(sk, Rollup()).add(sr)
+    failures = [frame_failure(r) for r in batch.frames.values()] + [
+        stage_failure(r) for r in batch.stages.values()
+    ]
     return {
         "events": rows,
         "frames": [frame_to_db(r) for r in batch.frames.values()],
@@ -128,6 +165,7 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
         "frame_ids": [k[0] for k in batch.frames],
         "fstats": fstats,
         "sstats": sstats,
+        "failures": [f for f in failures if f is not None],
         "fps": fps,
     }
 
@@ -183,7 +221,8 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         fm, ps = f"frame_metadata_g{g}", f"processing_stages_g{g}"
         await conn.execute(_FUNCS)
         lo, hi = now - timedelta(hours=HOURS + 1), now + timedelta(hours=1)
-        for t in ("frame_events", fm, ps, f"frame_stats_hourly_g{g}", f"performance_stats_g{g}"):
+        st = GenerationStatements(g)
+        for t in ("frame_events", *st.tables):
             await conn.execute("SELECT tracker_ensure_partitions($1, $2, $3)", t, lo, hi)
         await conn.execute(
             "CREATE UNLOGGED TABLE bench_seed_events (LIKE frame_events INCLUDING DEFAULTS);"
@@ -272,7 +311,6 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         info["index_s"] = round(time.monotonic() - t0, 1)
         log(f"queries: indexes rebuilt in {info['index_s']:.0f}s")
 
-        st = GenerationStatements(g)
         frows, srows = [], []
         for k in range(HOURS):
             d = timedelta(hours=k)
@@ -282,9 +320,14 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
             ]
         await conn.executemany(st.upsert_frame_stats, frows)
         await conn.executemany(st.upsert_stage_stats, srows)
+        failures = replica_failures(s["failures"], HOURS)
+        await conn.executemany(
+            st.upsert_failure_stats, [failure_to_db(k, f) for k, f in sorted(failures.items())]
+        )
+        info["failure_rollup_rows"] = len(failures)
         await conn.execute("DROP TABLE bench_seed_events, bench_seed_frames, bench_seed_stages")
         t0 = time.monotonic()
-        for t in ("frame_events", fm, ps, f"frame_stats_hourly_g{g}", f"performance_stats_g{g}"):
+        for t in ("frame_events", *st.tables):
             await conn.execute(f"VACUUM ANALYZE {t}")
         info["vacuum_s"] = round(time.monotonic() - t0, 1)
         info["stored_events"] = int(await conn.fetchval("SELECT count(*) FROM frame_events"))

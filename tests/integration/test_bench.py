@@ -80,3 +80,15 @@ async def _leftovers(pid: int) -> tuple[list[str], list[str]]:
     finally:
         await admin.close()
     return [r[0] for r in rows], topics
+
+
+async def test_the_query_data_set_agrees_with_a_fold_of_its_events(settings: Settings) -> None:
+    """bench.querydata writes the projection tables directly: its rows and every
+    rollup, the failure rollup included, are what the projection would make of
+    the events it stores."""
+    from bench import querydata
+    from tests.integration.helpers import assert_same_projection, projection_vs_store
+
+    info = await querydata.build(settings, 10_000, log=lambda *_: None)
+    assert info["stored_events"] > 0 and info["failure_rollup_rows"] > 0
+    assert_same_projection(*(await projection_vs_store(settings)))
