@@ -7,6 +7,7 @@ Each returns its value (``float`` for the numeric ones) or raises
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from tracker.errors import InvalidQuery
 
@@ -43,3 +44,23 @@ def check_threshold(ms: float) -> float:
     if not isinstance(ms, (int, float)) or not 0 <= ms <= 86_400_000 or ms != ms:
         raise InvalidQuery("threshold_ms must be between 0 and 86400000")
     return float(ms)
+
+
+def check_time_range(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """A window of at most ``MAX_HOURS``, ``since`` before ``until``, both with a time zone."""
+    if since.tzinfo is None or until.tzinfo is None:
+        raise InvalidQuery("since and until need a time zone (e.g. 2026-01-01T10:00:00Z)")
+    if not since < until:
+        raise InvalidQuery("since must be before until")
+    if until - since > timedelta(hours=MAX_HOURS):
+        raise InvalidQuery(f"the window may span at most {MAX_HOURS} hours")
+    return since, until
+
+
+def parse_time(name: str, raw: str) -> datetime:
+    """An ISO 8601 time; one without a zone is taken as UTC (what the UI's fields send)."""
+    try:
+        ts = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidQuery(f"{name} must be an ISO 8601 time, e.g. 2026-01-01T10:00:00Z") from None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)

@@ -14,7 +14,14 @@ from tracker.adapters.postgres import call_db, connect_pool
 from tracker.config import DEFAULT_TRACE_URL_TEMPLATE, Settings
 from tracker.errors import NotFound
 from tracker.queries import shaping, statements
-from tracker.queries.checks import check_camera_id, check_frame_id, check_hours, check_limit, check_threshold
+from tracker.queries.checks import (
+    check_camera_id,
+    check_frame_id,
+    check_hours,
+    check_limit,
+    check_threshold,
+    check_time_range,
+)
 from tracker.queries.journey import frame_journey
 from tracker.queries.shaping import TraceLink
 
@@ -140,6 +147,67 @@ class FrameTrackingQueries:
         check_hours(hours)
         rows = await self._fetch(statements.STAGE_STATS, _since_hour(hours))
         return shaping.stage_performance(rows)
+
+    async def search_frames_by_prefix(self, prefix: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Frames whose id starts with ``prefix``, in id order (an exact id comes first)."""
+        check_frame_id(prefix)
+        check_limit(limit)
+        rows = await self._fetch(statements.SEARCH_PREFIX, prefix, _prefix_end(prefix), limit)
+        return shaping.frame_list(rows, self.trace_link)
+
+    async def suggest_frame_ids(self, frame_id: str, limit: int = 5) -> list[str]:
+        """Stored ids close to ``frame_id``: its neighbours in byte order, which share
+        its longest prefix (a typo near the end, a truncated or over-long id)."""
+        check_frame_id(frame_id)
+        check_limit(limit)
+        rows = await self._fetch(statements.NEIGHBOUR_IDS, frame_id, limit)
+        return shaping.closest_ids(frame_id, (r["frame_id"] for r in rows), limit)
+
+    async def search_frames_by_camera(
+        self, camera_id: str, since: datetime, until: datetime, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """A camera's frames captured in ``[since, until)``, latest first."""
+        check_camera_id(camera_id)
+        check_time_range(since, until)
+        check_limit(limit)
+        rows = await self._fetch(statements.SEARCH_CAMERA, camera_id, since, until, limit)
+        return shaping.frame_list(rows, self.trace_link)
+
+    async def find_failed_frames(self, hours: float, limit: int = 50) -> list[dict[str, Any]]:
+        """Frames captured in the last ``hours`` that failed, latest failure first."""
+        check_hours(hours)
+        check_limit(limit)
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        rows = await self._fetch(statements.RECENT_FAILED, since, limit)
+        return shaping.frame_list(rows, self.trace_link)
+
+    async def get_baselines(self, camera_id: str, at: datetime) -> dict[str, Any]:
+        """p50/p95 of the camera's total processing time and of every stage's
+        duration in the hour holding ``at``, from the hourly rollups."""
+        check_camera_id(camera_id)
+        hour = shaping.hour_floor(at.astimezone(UTC))
+
+        async def run() -> tuple[Any, list[asyncpg.Record]]:
+            async with self._pool.acquire() as conn:
+                return (
+                    await conn.fetchrow(statements.BASELINE_CAMERA, camera_id, hour),
+                    await conn.fetch(statements.BASELINE_STAGES, hour),
+                )
+
+        camera, stages = await call_db(run)
+        return shaping.baselines(camera_id, hour, camera, stages)
+
+
+def _prefix_end(prefix: str) -> str:
+    """The least string above every string starting with ``prefix`` in byte order
+    (UTF-8 keeps code point order): its last character that can grow, grown by one."""
+    for i in range(len(prefix) - 1, -1, -1):
+        c = ord(prefix[i]) + 1
+        if c <= 0x10FFFF:
+            if 0xD800 <= c <= 0xDFFF:  # surrogates are no characters in UTF-8
+                c = 0xE000
+            return prefix[:i] + chr(c)
+    return prefix + chr(0x10FFFF)  # only U+10FFFF characters: all but ids that go on with one
 
 
 def _since_hour(hours: float) -> datetime:

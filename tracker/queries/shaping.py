@@ -160,3 +160,55 @@ def percentiles(buckets: list[int] | None, count: Any, total: Any, prefix: str) 
         f"{prefix}_p99_ms": round_ms(percentile_from_buckets(b, 0.99)),
         "bucket_bounds_ms": list(BUCKET_BOUNDS_MS),
     }
+
+
+def frame_list(rows: Iterable[Row], link: Linker) -> list[dict[str, Any]]:
+    """Frames found by a search: enough to pick one and open its journey."""
+    return [
+        {
+            **pick(r, "frame_id", "camera_id"),
+            "frame_timestamp": iso(r["frame_timestamp"]),
+            "state": r["state"],
+            "total_processing_time_ms": round_ms(r["total_processing_time_ms"]),
+            **pick(r, "error_type", "error_stage"),
+            "trace_id": r["last_trace_id"],
+            "trace_url": trace_url(link, r["last_trace_id"]),
+        }
+        for r in rows
+    ]
+
+
+def closest_ids(frame_id: str, candidates: Iterable[str], limit: int) -> list[str]:
+    """The candidates sharing the longest prefix with ``frame_id`` (at least three
+    characters of it), longest first."""
+
+    def common(other: str) -> int:
+        n = 0
+        for a, b in zip(frame_id, other, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    scored = sorted({c for c in candidates if c != frame_id}, key=lambda c: (-common(c), c))
+    return [c for c in scored if common(c) >= min(3, len(frame_id))][:limit]
+
+
+def baselines(camera_id: str, hour: datetime, camera: Row | None, stages: Iterable[Row]) -> dict[str, Any]:
+    """One hour's p50/p95 of the camera's total processing time and of each
+    stage's duration, from the hourly rollups."""
+
+    def summary(r: Row | None) -> dict[str, Any]:
+        buckets = list(r["buckets"] or []) if r else []
+        return {
+            "count": int(r["timed"] or 0) if r else 0,
+            "p50_ms": round_ms(percentile_from_buckets(buckets, 0.50)),
+            "p95_ms": round_ms(percentile_from_buckets(buckets, 0.95)),
+        }
+
+    return {
+        "camera_id": camera_id,
+        "hour": iso(hour),
+        "camera": summary(camera),
+        "stages": [{"stage": r["stage"], **summary(r)} for r in stages],
+    }

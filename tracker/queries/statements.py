@@ -99,3 +99,48 @@ FROM performance_stats WHERE hour >= $1
 GROUP BY stage ORDER BY stage
 """
 CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM frame_stats_hourly WHERE camera_id = $1)"
+
+# Frame search (the web UI and GET /api/v1/frames). The prefix and neighbour
+# reads use the text_pattern_ops index of sql/005: ~<~ and friends compare
+# bytes, so the ids starting with a prefix are one range of that index whatever
+# the collation, and an unknown id's neighbours in it share its longest prefix.
+_FRAME_ROW = (
+    "frame_id, camera_id, frame_timestamp, state, total_processing_time_ms, error_type, error_stage, "
+    "last_trace_id"
+)
+SEARCH_PREFIX = f"""
+SELECT {_FRAME_ROW}
+FROM frame_metadata WHERE frame_id ~>=~ $1 AND frame_id ~<~ $2
+ORDER BY frame_id USING ~<~, frame_timestamp
+LIMIT $3
+"""
+NEIGHBOUR_IDS = """
+(SELECT frame_id FROM frame_metadata WHERE frame_id ~<~ $1 ORDER BY frame_id USING ~>~ LIMIT $2)
+UNION ALL
+(SELECT frame_id FROM frame_metadata WHERE frame_id ~>~ $1 ORDER BY frame_id USING ~<~ LIMIT $2)
+"""
+SEARCH_CAMERA = f"""
+SELECT {_FRAME_ROW}
+FROM frame_metadata WHERE camera_id = $1 AND frame_timestamp >= $2 AND frame_timestamp < $3
+ORDER BY frame_timestamp DESC, frame_id
+LIMIT $4
+"""
+# Frames captured in the window that failed (or conflicted), latest failure
+# first, as FAILURES counts them; the partial index on failed_at serves it.
+RECENT_FAILED = f"""
+SELECT {_FRAME_ROW}
+FROM frame_metadata WHERE frame_timestamp >= $1 AND failed_at IS NOT NULL
+ORDER BY failed_at DESC, frame_id
+LIMIT $2
+"""
+# "Is this normal?": one hour's histograms, a primary-key read of each rollup.
+BASELINE_CAMERA = """
+SELECT processing_time_count AS timed, processing_time_sum_ms AS time_sum_ms,
+       processing_time_buckets AS buckets
+FROM frame_stats_hourly WHERE camera_id = $1 AND hour = $2
+"""
+BASELINE_STAGES = """
+SELECT stage, duration_count AS timed, duration_sum_ms AS time_sum_ms, duration_buckets AS buckets
+FROM performance_stats WHERE hour = $1
+ORDER BY stage
+"""
