@@ -145,6 +145,46 @@ async def read_dead_letters(
     return out[:limit]
 
 
+async def latest_dead_letters(
+    kafka: KafkaSettings, topics: TopicSettings, *, limit: int = 10
+) -> list[DeadLetter]:
+    """The ``limit`` newest dead letters (by record time, newest first): at most
+    ``limit`` records read from the end of each partition, not the whole topic."""
+    consumer = make_consumer(kafka, group_id=None, role="dlq", isolation_level="read_uncommitted")
+    out: list[DeadLetter] = []
+    try:
+        tps = await topic_partitions(kafka, [topics.dlq])
+        if not tps:
+            return []
+        await consumer.start()
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = set()
+        for tp in tps:
+            if ends[tp] > begins[tp]:
+                consumer.seek(tp, max(begins[tp], ends[tp] - limit))
+                remaining.add(tp)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0  # a page waits for this: never for long
+        while remaining and loop.time() < deadline:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for msgs in batch.values():
+                out.extend(
+                    DeadLetter(m.partition, m.offset, m.timestamp, m.key, m.value, list(m.headers or ()))
+                    for m in msgs
+                )
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    except KafkaError as e:
+        raise BrokerError(f"cannot read {topics.dlq}: {e}", retriable=e.retriable) from e
+    finally:
+        await consumer.stop()
+    out.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset), reverse=True)
+    return out[:limit]
+
+
 async def replay_dead_letters(
     kafka: KafkaSettings, topics: TopicSettings, letters: Sequence[DeadLetter]
 ) -> int:

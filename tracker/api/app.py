@@ -1,7 +1,10 @@
-"""``tracker serve``: the HTTP JSON API, ``/metrics``, ``/healthz`` and ``/readyz``.
+"""``tracker serve``: the HTTP JSON API, ``/metrics``, ``/healthz``, ``/readyz``
+and the web UI (``/ui/``, :mod:`tracker.api.ui`).
 
 Bound to 127.0.0.1 unless told otherwise. With ``TRACKER_API_TOKEN`` set,
-every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``.
+every endpoint but ``/healthz`` requires ``Authorization: Bearer <token>``,
+or the UI's session cookie that ``/ui/login`` sets for that token (the
+sign-in form and the UI's static files need neither).
 Bad parameters get a 4xx with a one-line message; a database outage gets 503;
 nothing returns a stack trace. The endpoints are documented in
 ``tracker/api/openapi.json``, which a test checks against the running server.
@@ -15,15 +18,19 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from tracker.api import ui
 from tracker.config import KafkaSettings, Settings
 from tracker.errors import InvalidQuery, TrackerError, http_status
 from tracker.metrics import exposition
 from tracker.queries import FrameTrackingQueries
+from tracker.queries.checks import parse_time
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -91,14 +98,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(500, "internal error")
 
 
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:  # redirects raised by handlers carry the headers too
+        e.headers.update(ui.SECURITY_HEADERS)
+        raise
+    response.headers.update(ui.SECURITY_HEADERS)
+    return response
+
+
 def auth_middleware(token: str) -> Any:
     expected = f"Bearer {token}".encode()
+    cookie = ui.session_cookie(token).encode() if token else b""
+
+    def authorized(request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode()
+        by_cookie = request.cookies.get(ui.COOKIE, "").encode()
+        # Both compared in constant time, whichever is given.
+        return hmac.compare_digest(given, expected) | hmac.compare_digest(by_cookie, cookie)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+        public = request.path == "/healthz" or request.path.startswith(ui.PUBLIC_PREFIXES)
+        if token and not public:
+            if not authorized(request):
+                if ui.is_ui_path(request.path) and request.method == "GET":
+                    raise web.HTTPSeeOther("/ui/login?" + urlencode({"next": request.path_qs}))
                 return web.json_response(
                     {"error": "missing or wrong bearer token"},
                     status=401,
@@ -165,6 +192,42 @@ async def stage_stats(request: web.Request) -> web.Response:
     )
 
 
+async def search_frames(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    limit = _int_param(request, "limit", 50)
+    prefix = request.query.get("prefix")
+    camera = request.query.get("camera_id")
+    if prefix is not None and camera is None:
+        frames = await q.search_frames_by_prefix(prefix, limit=limit)
+        suggestions = [] if frames else await q.suggest_frame_ids(prefix)
+        return web.json_response({"frames": frames, "suggestions": suggestions}, dumps=_dumps)
+    if camera is not None and prefix is None:
+        until = parse_time("until", request.query["until"]) if "until" in request.query else datetime.now(UTC)
+        if "since" not in request.query:
+            raise InvalidQuery("missing query parameter since")
+        since = parse_time("since", request.query["since"])
+        frames = await q.search_frames_by_camera(camera, since, until, limit=limit)
+        return web.json_response({"frames": frames, "suggestions": []}, dumps=_dumps)
+    raise InvalidQuery("give either prefix, or camera_id and since (and until)")
+
+
+async def failed_frames(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    rows = await q.find_failed_frames(
+        _float_param(request, "hours", 1.0), limit=_int_param(request, "limit", 50)
+    )
+    return web.json_response({"frames": rows}, dumps=_dumps)
+
+
+async def baselines(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    camera = request.query.get("camera_id")
+    if camera is None:
+        raise InvalidQuery("missing query parameter camera_id")
+    at = parse_time("at", request.query["at"]) if "at" in request.query else datetime.now(UTC)
+    return web.json_response(await q.get_baselines(camera, at), dumps=_dumps)
+
+
 class Readiness:
     """Kafka and PostgreSQL reachability, each with a short timeout."""
 
@@ -200,9 +263,16 @@ class Readiness:
                 log.debug("admin close failed", exc_info=True)
 
 
-def build_app(settings: Settings, queries: FrameTrackingQueries) -> web.Application:
+def build_app(
+    settings: Settings, queries: FrameTrackingQueries, ui_config: ui.UiConfig | None = None
+) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(settings.api.token.get())], client_max_size=64 * 1024
+        middlewares=[
+            security_headers_middleware,
+            errors_middleware,
+            auth_middleware(settings.api.token.get()),
+        ],
+        client_max_size=64 * 1024,
     )
     app[QUERIES] = queries
     app[SETTINGS] = settings
@@ -211,11 +281,15 @@ def build_app(settings: Settings, queries: FrameTrackingQueries) -> web.Applicat
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/api/v1/frames", search_frames)
     app.router.add_get("/api/v1/frames/{frame_id}", journey)
+    app.router.add_get("/api/v1/failed-frames", failed_frames)
+    app.router.add_get("/api/v1/stats/baselines", baselines)
     app.router.add_get("/api/v1/slow-frames", slow_frames)
     app.router.add_get("/api/v1/failures", failures)
     app.router.add_get("/api/v1/stats/cameras", camera_stats)
     app.router.add_get("/api/v1/stats/stages", stage_stats)
+    ui.add_routes(app, settings, queries, ui_config or ui.UiConfig())
     return app
 
 
@@ -226,13 +300,14 @@ async def serve(
     port: int | None = None,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    ui_config: ui.UiConfig | None = None,
 ) -> None:
     """Run until ``stop`` is set (or forever)."""
     from tracker.adapters.progress import periodically
     from tracker.queries.status import collect_status
 
     queries = await FrameTrackingQueries.connect(settings)
-    runner = web.AppRunner(build_app(settings, queries), access_log=None)
+    runner = web.AppRunner(build_app(settings, queries, ui_config), access_log=None)
     await runner.setup()
 
     async def refresh_status_metrics() -> None:

@@ -56,13 +56,14 @@ async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from tracker.api.app import serve
+    from tracker.api.ui import UiConfig
     from tracker.runtime import on_stop_signals
     from tracker.telemetry import setup_tracing
 
     setup_tracing("tracker-api")
     stop = asyncio.Event()
     on_stop_signals(stop.set)
-    await serve(settings, host=args.host, port=args.port, stop=stop)
+    await serve(settings, host=args.host, port=args.port, stop=stop, ui_config=UiConfig(args.grafana_url))
     return EXIT_OK
 
 

@@ -173,9 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rt.add_argument("--json", action="store_true")
 
-    sv = sub.add_parser("serve", help="HTTP API, /metrics, /healthz, /readyz")
+    sv = sub.add_parser("serve", help="HTTP API, web UI (/ui/), /metrics, /healthz, /readyz")
     sv.add_argument("--host", help="bind address (default TRACKER_API_HOST, 127.0.0.1)")
     sv.add_argument("--port", type=_port, help="default TRACKER_API_PORT, 8080")
+    sv.add_argument(
+        "--grafana-url",
+        default="http://localhost:3000",
+        help="Grafana that the web UI's frame pages link to (default http://localhost:3000)",
+    )
 
     d = sub.add_parser("dlq", help="dead letters")
     dsub = d.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
