@@ -9,6 +9,7 @@ not, the tests fail loudly rather than skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -69,9 +70,10 @@ def _db_url(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@pytest_asyncio.fixture
-async def settings() -> AsyncIterator[Settings]:
-    """Fresh database + topic namespace for one test."""
+@contextlib.asynccontextmanager
+async def fresh_settings(**overrides: object) -> AsyncIterator[Settings]:
+    """A database created from the stack's and migrated, and topic and group
+    prefixes of its own; the database is dropped on exit."""
     tag = uuid.uuid4().hex[:10]
     dbname = f"tracker_test_{tag}"
     admin = await asyncpg.connect(BASE.database.url.get())
@@ -84,28 +86,38 @@ async def settings() -> AsyncIterator[Settings]:
         topic_prefix=f"t{tag}.frames",
         group_prefix=f"t{tag}",
         batch_timeout_ms=50,
+        **overrides,
     )
     conn = await connect(s.database)
     try:
         await migrate(conn)
     finally:
         await conn.close()
-    yield s
-    admin = await asyncpg.connect(BASE.database.url.get())
     try:
-        drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
-        for _ in range(40):
-            try:
-                await admin.execute(drop)
-                break
-            except asyncpg.exceptions.InsufficientPrivilegeError:
-                # A session of the read-only query role is still closing (a pool
-                # closed a moment ago): FORCE may not end another role's session.
-                await asyncio.sleep(0.25)
-        else:
-            await admin.execute(drop)
+        yield s
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(BASE.database.url.get())
+        try:
+            drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
+            for _ in range(40):
+                try:
+                    await admin.execute(drop)
+                    break
+                except asyncpg.exceptions.InsufficientPrivilegeError:
+                    # A session of the read-only query role is still closing (a pool
+                    # closed a moment ago): FORCE may not end another role's session.
+                    await asyncio.sleep(0.25)
+            else:
+                await admin.execute(drop)
+        finally:
+            await admin.close()
+
+
+@pytest_asyncio.fixture
+async def settings() -> AsyncIterator[Settings]:
+    """Fresh database + topic namespace for one test."""
+    async with fresh_settings() as s:
+        yield s
 
 
 @pytest_asyncio.fixture
