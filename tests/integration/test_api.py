@@ -8,6 +8,7 @@ import copy
 import json
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +87,9 @@ async def test_every_documented_endpoint_answers_as_documented(server: Server, d
         "/metrics": ("/metrics", {}),
         "/openapi.json": ("/openapi.json", {}),
         "/api/v1/frames/{frame_id}": (f"/api/v1/frames/{quote(failed, safe='')}", {}),
+        "/api/v1/frames": ("/api/v1/frames", {"prefix": failed[:10]}),
+        "/api/v1/failed-frames": ("/api/v1/failed-frames", {"hours": "1"}),
+        "/api/v1/stats/baselines": ("/api/v1/stats/baselines", {"camera_id": "cam-001"}),
         "/api/v1/slow-frames": ("/api/v1/slow-frames", {"threshold_ms": "100", "hours": "1"}),
         "/api/v1/failures": ("/api/v1/failures", {"hours": "24"}),
         "/api/v1/stats/cameras": ("/api/v1/stats/cameras", {"hours": "1"}),
@@ -105,12 +109,39 @@ async def test_every_documented_endpoint_answers_as_documented(server: Server, d
     assert body["trace"]["url"].endswith(body["trace"]["trace_id"])
     status, body = await server.get("/api/v1/slow-frames", threshold_ms="0", limit="3")
     assert len(body["frames"]) == 3
+    status, body = await server.get("/api/v1/frames", prefix=failed)
+    assert [f["frame_id"] for f in body["frames"]][:1] == [failed] and body["suggestions"] == []
+    status, body = await server.get("/api/v1/frames", prefix=failed[:-1] + "~")
+    assert status == 200 and body["frames"] == [] and body["suggestions"]
+    check_against_spec("/api/v1/frames", status, body)
+    camera = await db.fetchval("SELECT camera_id FROM frame_metadata WHERE frame_id = $1", failed)
+    now = datetime.now(UTC)
+    since, until = (now - timedelta(hours=2)).isoformat(), (now + timedelta(hours=1)).isoformat()
+    status, body = await server.get(
+        "/api/v1/frames", camera_id=camera, since=since, until=until, limit="1000"
+    )
+    assert status == 200 and len(body["frames"]) == await db.fetchval(
+        "SELECT count(*) FROM frame_metadata WHERE camera_id = $1", camera
+    )
+    check_against_spec("/api/v1/frames", status, body)
+    status, body = await server.get("/api/v1/failed-frames", hours="1", limit="1000")
+    assert {f["frame_id"] for f in body["frames"]} == {
+        r["frame_id"]
+        for r in await db.fetch("SELECT frame_id FROM frame_metadata WHERE failed_at IS NOT NULL")
+    }
+    status, body = await server.get("/api/v1/stats/baselines", camera_id=camera)
+    assert {s["stage"] for s in body["stages"]} == {"detect", "analyze", "notify"}
+    assert body["camera"]["count"] == await db.fetchval(
+        "SELECT count(*) FROM frame_metadata WHERE camera_id = $1 AND total_processing_time_ms IS NOT NULL",
+        camera,
+    )
 
 
 async def test_every_route_is_documented(settings: Settings) -> None:
+    """Every API route; the web UI's pages (/, /ui/...) are HTML for people, not API."""
     app = build_app(settings, queries=None)  # type: ignore[arg-type]
     routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET"}  # type: ignore[union-attr]
-    assert routes == set(SPEC["paths"])
+    assert {r for r in routes if r != "/" and not r.startswith("/ui")} == set(SPEC["paths"])
 
 
 async def test_bad_requests_get_4xx_and_leave_the_database_alone(server: Server, db) -> None:  # type: ignore[no-untyped-def]
@@ -133,6 +164,19 @@ async def test_bad_requests_get_4xx_and_leave_the_database_alone(server: Server,
         ("/api/v1/failures", {"hours": "1e12"}, 400),
         ("/api/v1/stats/cameras", {"hours": "inf"}, 400),
         ("/api/v1/stats/stages", {"hours": ""}, 400),
+        ("/api/v1/frames", {}, 400),
+        ("/api/v1/frames", {"prefix": "a", "camera_id": "b"}, 400),
+        ("/api/v1/frames", {"prefix": "bad\nid"}, 400),
+        ("/api/v1/frames", {"camera_id": "cam-001"}, 400),
+        ("/api/v1/frames", {"camera_id": "cam-001", "since": "yesterday"}, 400),
+        (
+            "/api/v1/frames",
+            {"camera_id": "cam-001", "since": "2026-01-02T00:00:00Z", "until": "2026-01-01"},
+            400,
+        ),
+        ("/api/v1/failed-frames", {"hours": "0"}, 400),
+        ("/api/v1/stats/baselines", {}, 400),
+        ("/api/v1/stats/baselines", {"camera_id": "c", "at": "soon"}, 400),
         ("/api/v1/nothing-here", {}, 404),
     ]
     for url, params, want in cases:
@@ -169,6 +213,33 @@ async def test_bearer_token_guards_everything_but_healthz(settings: Settings) ->
                 "ready": True,
                 "checks": {"postgresql": {"ok": True}, "kafka": {"ok": True}},
             }
+            # The web UI: same token, given once to the sign-in form, kept as a cookie.
+            for path in ("/ui/", "/ui/pipeline", "/ui/frames/x"):
+                async with session.get(s.base + path, allow_redirects=False) as r:
+                    assert r.status == 303 and r.headers["Location"].startswith("/ui/login?next="), path
+            async with session.get(s.base + "/ui/static/ui.css") as r:
+                assert r.status == 200  # the sign-in page's own files need no token
+            async with session.post(s.base + "/ui/login", data={"token": "wrong", "next": "/ui/"}) as r:
+                assert r.status == 401 and "Wrong token" in await r.text()
+            async with session.post(
+                s.base + "/ui/login",
+                data={"token": "s3cret-token", "next": "https://elsewhere.example/"},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303 and r.headers["Location"] == "/ui/"  # never off-site
+                cookie = r.cookies["tracker_session"]
+                assert cookie["httponly"] and cookie["samesite"] == "Strict"
+                assert "s3cret-token" not in cookie.value
+            # (aiohttp's cookie jar keeps no cookie of an IP address: sent by hand, as a browser would.)
+            jar = {"tracker_session": cookie.value}
+            async with session.get(s.base + "/ui/pipeline", cookies=jar, allow_redirects=False) as r:
+                assert r.status == 200 and 'id="pipeline"' in await r.text()
+            async with session.get(s.base + "/api/v1/failures", cookies=jar) as r:
+                assert r.status == 200  # the cookie stands for the token
+        async with aiohttp.ClientSession() as other:
+            forged = {"tracker_session": "0" * 64}
+            async with other.get(f"http://127.0.0.1:{port}/api/v1/failures", cookies=forged) as r:
+                assert r.status == 401
     finally:
         stop.set()
         await task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import asyncpg
 import pytest
@@ -116,6 +117,12 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         ("stage_failures", qm.STAGE_FAILURES, [since]),
         ("camera_stats", qm.CAMERA_STATS, [since]),
         ("stage_stats", qm.STAGE_STATS, [since]),
+        ("search_prefix", qm.SEARCH_PREFIX, ["cam-001-2", "cam-001-3", 50]),
+        ("neighbour_ids", qm.NEIGHBOUR_IDS, ["cam-001-2", 5]),
+        ("search_camera", qm.SEARCH_CAMERA, ["cam-001", since, since + timedelta(hours=1), 50]),
+        ("recent_failed", qm.RECENT_FAILED, [since, 50]),
+        ("baseline_camera", qm.BASELINE_CAMERA, ["cam-001", since]),
+        ("baseline_stages", qm.BASELINE_STAGES, [since]),
     ]:
         rows = await db.fetch("EXPLAIN " + sql, *args)
         plans[name] = "\n".join(r[0] for r in rows)
@@ -125,6 +132,10 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         if name != "journey_events":
             assert "frame_events" not in plan, (name, plan)
     assert "frame_stats_hourly" in plans["camera_stats"] and "performance_stats" in plans["stage_stats"]
+    # Prefix search and close ids: one range of the byte-ordered index of sql/005.
+    # (Partitions name their copies of it themselves: the condition shows it is the one.)
+    for name in ("search_prefix", "neighbour_ids"):
+        assert re.search(r"Index Cond: \(+frame_id ~", plans[name]), (name, plans[name])
 
 
 async def test_cli_queries_tables_json_and_errors(filled, settings: Settings, db) -> None:  # type: ignore[no-untyped-def]

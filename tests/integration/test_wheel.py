@@ -160,6 +160,13 @@ def test_wheel_carries_package_data_license_and_metadata(installed: Installed) -
         meta = whl.read(f"{dist_info}/METADATA").decode()
         license_text = whl.read(f"{dist_info}/licenses/LICENSE").decode()
     assert {"tracker/py.typed", "tracker/api/openapi.json"} <= names
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tracker/api/static").iterdir()}
+    assert static == {
+        "tracker/api/static/ui.css",
+        "tracker/api/static/ui.js",
+        "tracker/api/static/favicon.svg",
+    }
+    assert static <= names  # the web UI's files: served from the installed package
     assert {f"tracker/schemas/{n}" for n in SCHEMA_FILES} <= names
     assert {f"tracker/sql/{n}" for n in SQL_FILES} <= names
     headers = meta.split("\n\n", 1)[0].splitlines()

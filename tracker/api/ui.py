@@ -245,7 +245,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther(target)
     if not hmac.compare_digest(given.encode(), token.encode()):
         return html(pages.login_page(target, wrong=True), 401)
-    response = web.HTTPSeeOther(target)
+    response = web.Response(status=303, headers={"Location": target})
     response.set_cookie(
         COOKIE, session_cookie(token), httponly=True, samesite="Strict", path="/", secure=request.secure
     )

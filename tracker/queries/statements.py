@@ -111,7 +111,7 @@ _FRAME_ROW = (
 SEARCH_PREFIX = f"""
 SELECT {_FRAME_ROW}
 FROM frame_metadata WHERE frame_id ~>=~ $1 AND frame_id ~<~ $2
-ORDER BY frame_id USING ~<~, frame_timestamp
+ORDER BY frame_id USING ~<~
 LIMIT $3
 """
 NEIGHBOUR_IDS = """
