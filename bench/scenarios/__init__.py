@@ -25,6 +25,7 @@ ORDER = (
     "freshness",
     "replay",
     "queries",
+    "ui",
     "memory",
     "sdk",
     "profile",

@@ -116,7 +116,7 @@ def test_merge_of_a_scenario_the_full_run_did_not_have_completes_it() -> None:
     old = full_result()
     derive(old, {})
     old["scenarios_run"] = ["environment", "limits", "baseline", "peers", "ingest", "freshness"]
-    old["scenarios_run"] += ["replay", "queries", "memory"]  # a full run from before the sdk scenario
+    old["scenarios_run"] += ["replay", "queries", "ui", "memory"]  # a full run from before the sdk scenario
     for k in ("sdk_frames_per_s", "sdk_events_per_s"):
         del old[k]
     new = {
