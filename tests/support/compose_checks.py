@@ -94,6 +94,11 @@ TRACKER_ENTRYPOINT = "tracker"
 # ---- the checks: each returns a list of problems ----------------------------
 
 
+# Host paths a service may mount: promtail reads the containers' logs through
+# the Docker socket (read-only).
+HOST_MOUNTS = {"/var/run/docker.sock"}
+
+
 def check_images(compose: Any) -> Problems:
     problems: Problems = []
     services = services_of(compose)
@@ -121,6 +126,8 @@ def check_paths(compose: Any, base: Path = COMPOSE_DIR) -> Problems:
     problems: Problems = []
     for name, svc in services_of(compose).items():
         for source, _ in bind_mounts(svc):
+            if source in HOST_MOUNTS:
+                continue
             if not source.startswith("."):
                 problems.append(f"{name}: bind mount {source!r} is not relative to compose/")
             elif not (base / source).exists():
