@@ -47,7 +47,7 @@ def test_dashboard_structure(dashboards: dict[str, dict[str, Any]]) -> None:
 
 def test_datasources_are_provisioned(dashboards: dict[str, dict[str, Any]]) -> None:
     provisioned = provisioned_datasources()
-    assert set(provisioned) == {PG_UID, PROM_UID, JAEGER_UID}
+    assert set(provisioned) == {PG_UID, PROM_UID, JAEGER_UID, "tracker-loki"}  # Loki: test_compose_logs.py
     problems = [p for name, d in dashboards.items() for p in check_datasources(name, d, provisioned)]
     assert problems == []
 
