@@ -87,7 +87,7 @@ async def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 async def _wait_db(settings: Settings, sql: str, *args: Any, timeout: float = 60.0) -> Any:
-    conn = await asyncpg.connect(settings.database_url.get())
+    conn = await asyncpg.connect(settings.database.url.get())
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -157,7 +157,7 @@ def browser() -> Iterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(stack.settings.database_url.get())
+    conn = await asyncpg.connect(stack.settings.database.url.get())
     yield conn
     await conn.close()
 
@@ -399,10 +399,10 @@ async def test_prefix_camera_and_one_click_searches(
 
 
 async def test_pipeline_page(browser: Any, stack: Stack, db: asyncpg.Connection) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.kafka.bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(stack.settings.camera_topic, key=b"<b>poison</b>", value=b"not avro")
+        await producer.send_and_wait(stack.settings.topics.camera, key=b"<b>poison</b>", value=b"not avro")
     finally:
         await producer.stop()
     browser.get(stack.base + "/ui/pipeline")
@@ -413,8 +413,8 @@ async def test_pipeline_page(browser: Any, stack: Stack, db: asyncpg.Connection)
     assert "DecodeError" in one(browser, "table.dlq").text or "Error" in one(browser, "table.dlq").text
     assert "<b>poison</b>" in one(browser, "table.dlq").text
     groups = css(browser, "section.group h3")
-    assert groups[0].text == stack.settings.event_store_group
-    assert len(css(browser, "table.lag tbody tr")) == 2 * 2 * stack.settings.topic_partitions
+    assert groups[0].text == stack.settings.groups.event_store
+    assert len(css(browser, "table.lag tbody tr")) == 2 * 2 * stack.settings.topics.partitions
     assert {r.text for r in css(browser, "#rates-camera tbody td:first-child")} >= {
         "cam-001",
         "cam-002",
