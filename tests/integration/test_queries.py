@@ -132,7 +132,7 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         if name != "journey_events":
             assert "frame_events" not in plan, (name, plan)
     assert "frame_stats_hourly" in plans["camera_stats"] and "performance_stats" in plans["stage_stats"]
-    # Prefix search and close ids: one range of the byte-ordered index of sql/005.
+    # Prefix search and close ids: one range of the byte-ordered index of sql/006.
     # (Partitions name their copies of it themselves: the condition shows it is the one.)
     for name in ("search_prefix", "neighbour_ids"):
         assert re.search(r"Index Cond: \(+frame_id ~", plans[name]), (name, plans[name])

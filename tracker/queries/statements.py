@@ -101,7 +101,7 @@ GROUP BY stage ORDER BY stage
 CAMERA_EXISTS = "SELECT EXISTS (SELECT 1 FROM frame_stats_hourly WHERE camera_id = $1)"
 
 # Frame search (the web UI and GET /api/v1/frames). The prefix and neighbour
-# reads use the text_pattern_ops index of sql/005: ~<~ and friends compare
+# reads use the text_pattern_ops index of sql/006: ~<~ and friends compare
 # bytes, so the ids starting with a prefix are one range of that index whatever
 # the collation, and an unknown id's neighbours in it share its longest prefix.
 _FRAME_ROW = (

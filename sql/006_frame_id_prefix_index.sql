@@ -1,4 +1,4 @@
--- 005: frame id prefix search (the web UI's search box and its "did you
+-- 006: frame id prefix search (the web UI's search box and its "did you
 -- mean" suggestions).
 --
 -- A btree on frame_id in text_pattern_ops orders ids byte by byte whatever the
@@ -11,14 +11,14 @@
 --
 -- Every generation of frame_metadata gets it: the existing ones here, the
 -- ones a rebuild creates later through tracker_create_frames_generation,
--- which now adds it after creating the tables as 002 did.
+-- which now adds it after creating the tables as 002 and 005 did.
 
-ALTER FUNCTION tracker_create_frames_generation(integer) RENAME TO tracker_create_frames_generation_002;
+ALTER FUNCTION tracker_create_frames_generation(integer) RENAME TO tracker_create_frames_generation_005;
 
 CREATE FUNCTION tracker_create_frames_generation(g integer) RETURNS void
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    PERFORM tracker_create_frames_generation_002(g);
+    PERFORM tracker_create_frames_generation_005(g);
     PERFORM tracker_create_frame_id_prefix_index(g);
 END
 $fn$;
