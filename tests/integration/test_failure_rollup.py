@@ -257,7 +257,9 @@ async def test_the_migration_fills_the_failure_rollup_of_existing_generations(tm
                     columns=STAGE_COLS,
                 )
 
-            report = await migrate(conn)
+            # 005 itself (later migrations may follow it in SQL_DIR).
+            shutil.copy(str(SQL_DIR / "005_failure_rollup.sql"), tmp_path / "005_failure_rollup.sql")
+            report = await migrate(conn, tmp_path)
             assert report.applied == ["005_failure_rollup"]
             for g in (1, 2):
                 # What the projection's own rule gives for the rows stored.
