@@ -70,6 +70,25 @@ def _db_url(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+async def _delete_topics(s: Settings) -> None:
+    """Delete the test's topics (best effort): a broker that keeps every test's
+    partitions for the whole suite stops and starts ever more slowly, which the
+    broker-restart fault test pays for."""
+    from tracker.adapters.kafka import make_admin
+
+    admin = make_admin(s.kafka, role="test-cleanup")
+    try:
+        await asyncio.wait_for(admin.start(), 10)
+        mine = [t for t in await admin.list_topics() if t.startswith(f"{s.topics.prefix}.")]
+        if mine:
+            await asyncio.wait_for(admin.delete_topics(mine), 20)
+    except Exception:  # the broker may be down after a fault test: nothing to clean then
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
 @contextlib.asynccontextmanager
 async def fresh_settings(**overrides: object) -> AsyncIterator[Settings]:
     """A database created from the stack's and migrated, and topic and group
@@ -96,6 +115,7 @@ async def fresh_settings(**overrides: object) -> AsyncIterator[Settings]:
     try:
         yield s
     finally:
+        await _delete_topics(s)
         admin = await asyncpg.connect(BASE.database.url.get())
         try:
             drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
