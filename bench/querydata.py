@@ -39,13 +39,13 @@ from projections.fold import (
     FailureKey,
     FailureSample,
     FailureStat,
-    ProjEvent,
     Rollup,
     frame_contribution,
     frame_failure,
     stage_contribution,
     stage_failure,
 )
+from projections.inline import events_of
 from projections.store import FRAME_COLS, STAGE_COLS, GenerationStatements, frame_to_db, stage_to_db
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
@@ -110,7 +110,7 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
     part = DefaultPartitioner()
     parts = list(range(settings.topics.partitions))
     offsets: dict[tuple[str, int], int] = {}
-    rows, proj = [], []
+    rows, records = [], []
     for _, e in plan_events(cfg):
         topic = settings.topics.of(e.source)
         p = part(e.frame_id.encode(), parts, parts)
@@ -128,25 +128,9 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
                 span_id=span_id,
             )
         )
-        r = rows[-1]
-        proj.append(
-            ProjEvent(
-                event_id=e.event_id,
-                event_type=e.event_type,
-                frame_id=e.frame_id,
-                camera_id=e.camera_id,
-                frame_timestamp=r[4],
-                occurred_at=r[5],
-                stage=r[7],
-                attempt=r[8],
-                duration_ms=r[9],
-                error_type=r[10],
-                error_message=r[11],
-                attributes=dict(e.attributes),
-                trace_id=trace_id,
-            )
-        )
-    batch = BatchFold().extend(proj)
+        records.append({"attributes": dict(e.attributes)})
+    # The same events as the inline projection folds them: from their rows.
+    batch = BatchFold().extend(events_of(records, rows))
     fstats: dict[Any, Rollup] = {}
     for row in batch.frames.values():
         fk, fr = frame_contribution(row)
