@@ -14,7 +14,8 @@ associative, commutative and idempotent operation —
 Merging a batch into a stored row therefore gives the same row whatever the
 order and multiplicity of the events. Rollups are sums of per-row
 *contributions*; a batch adds ``contribution(new) - contribution(old)`` for each
-row it changed, which keeps them exact too. The failure rollup's first and last
+row it changed, which keeps them exact too (the per-stage rollup's deltas are
+the per-camera-and-stage ones summed over cameras). The failure rollup's first and last
 times and its sample merge monotonically as failures are added, and a group a
 batch retracts a failure from is set again from its rows
 (:mod:`projections.rollups`).
@@ -40,6 +41,9 @@ from projections.rollups import (
     FailureSample,
     FailureStat,
     Rollup,
+    StageCameraKey,
+    StageHourKey,
+    by_stage,
     failure_deltas,
     failure_totals,
     frame_contribution,
@@ -47,6 +51,7 @@ from projections.rollups import (
     hour_of,
     rollup_deltas,
     rollup_totals,
+    stage_camera_contribution,
     stage_contribution,
     stage_failure,
 )
@@ -106,11 +111,14 @@ __all__ = [
     "Merged",
     "ProjEvent",
     "Rollup",
+    "StageCameraKey",
+    "StageHourKey",
     "StageKey",
     "StageOutcome",
     "StageRow",
     "TraceMark",
     "bucket_index",
+    "by_stage",
     "failure_deltas",
     "failure_totals",
     "fold",
@@ -122,6 +130,7 @@ __all__ = [
     "percentile_from_buckets",
     "rollup_deltas",
     "rollup_totals",
+    "stage_camera_contribution",
     "stage_contribution",
     "stage_failure",
     "stage_row_of",
@@ -224,7 +233,8 @@ def fold(events: Iterable[ProjEvent]) -> BatchFold:
 @dataclass(frozen=True)
 class Merged:
     """A batch merged into the stored rows it touches: the new versions of the
-    rows that changed (in key order) and what the rollups gain from them.
+    rows that changed (in key order) and what the rollups gain from them
+    (``stage_deltas`` are ``stage_camera_deltas`` summed over cameras).
 
     ``failure_deltas`` are added with :meth:`FailureStat.merge`; a group marked
     ``recompute`` is then set from the rows (:func:`failure_totals`) once the
@@ -233,7 +243,8 @@ class Merged:
     frames: list[FrameRow]
     stages: list[StageRow]
     frame_deltas: dict[tuple[str, datetime], Rollup]
-    stage_deltas: dict[tuple[str, datetime], Rollup]
+    stage_deltas: dict[StageHourKey, Rollup]
+    stage_camera_deltas: dict[StageCameraKey, Rollup]
     failure_deltas: dict[FailureKey, FailureStat]
 
 
@@ -264,10 +275,12 @@ def merge_batch(
     not among the changes."""
     fpairs = _changed(batch.frames, stored_frames)
     spairs = _changed(batch.stages, stored_stages)
+    stage_camera_deltas = rollup_deltas(spairs, stage_camera_contribution)
     return Merged(
         frames=[new for _, new in fpairs],
         stages=[new for _, new in spairs],
         frame_deltas=rollup_deltas(fpairs, frame_contribution),
-        stage_deltas=rollup_deltas(spairs, stage_contribution),
+        stage_deltas=by_stage(stage_camera_deltas),
+        stage_camera_deltas=stage_camera_deltas,
         failure_deltas=failure_deltas(fpairs, spairs),
     )

@@ -1,18 +1,21 @@
-"""Rollups: additive counters per (camera, hour) and (stage, hour), and the
-failure rollup per (source, hour, camera, stage, error type).
+"""Rollups: additive counters per (camera, hour), per (camera, stage, hour) and
+per (stage, hour), and the failure rollup per (source, hour, camera, stage,
+error type).
 
 A rollup row is a sum of per-row *contributions*; a batch adds
 ``contribution(new) - contribution(old)`` for each row it changed, which keeps
-the rollups exact whatever the order of the events. The failure rollup's times
+the rollups exact whatever the order of the events. A stage run contributes to
+its (camera, stage, hour) row; the (stage, hour) rollup is that one summed over
+cameras (:func:`by_stage`), so the two always agree. The failure rollup's times
 and sample are not sums: see the section on it below. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from projections.rows import STAGE_RUNNING, STATES, FrameRow, StageRow
 from tracker.buckets import N_BUCKETS, bucket_index
@@ -72,7 +75,21 @@ def frame_contribution(row: FrameRow) -> tuple[tuple[str, datetime], Rollup]:
     return (row.camera_id, hour_of(row.frame_timestamp)), r
 
 
-def stage_contribution(row: StageRow) -> tuple[tuple[str, datetime], Rollup]:
+#: A key of the (stage, hour) rollup (``performance_stats``).
+StageHourKey = tuple[str, datetime]
+#: A key of the per-camera-and-stage rollup (``stage_camera_stats``): ``(camera_id, stage, hour)``.
+StageCameraKey = tuple[str, str, datetime]
+_Key = TypeVar("_Key", bound=tuple[Any, ...])
+
+
+def stage_contribution(row: StageRow) -> tuple[StageHourKey, Rollup]:
+    """A stage run's contribution to its (stage, hour) row: that to its (camera,
+    stage, hour) row (:func:`stage_camera_contribution`) without the camera."""
+    (_, stage, hour), r = stage_camera_contribution(row)
+    return (stage, hour), r
+
+
+def stage_camera_contribution(row: StageRow) -> tuple[StageCameraKey, Rollup]:
     status = row.status
     r = Rollup(counts={"runs": 1, status: 1})
     ms = row.duration_ms
@@ -80,24 +97,26 @@ def stage_contribution(row: StageRow) -> tuple[tuple[str, datetime], Rollup]:
         r.latency_count = 1
         r.latency_sum_ms = float(ms)
         r.buckets[bucket_index(ms)] += 1
-    return (row.stage, hour_of(row.frame_timestamp)), r
+    return (row.camera_id, row.stage, hour_of(row.frame_timestamp)), r
 
 
 def rollup_totals(
-    rows: Iterable[Any], contribution: Callable[[Any], tuple[tuple[str, datetime], Rollup]]
-) -> dict[tuple[str, datetime], Rollup]:
+    rows: Iterable[Any], contribution: Callable[[Any], tuple[_Key, Rollup]]
+) -> dict[_Key, Rollup]:
     """Sum of ``contribution(row)`` over ``rows``: the rollups a store holds once
     every batch of those rows is applied."""
-    out: dict[tuple[str, datetime], Rollup] = {}
+    out: dict[_Key, Rollup] = {}
     for row in rows:
         k, r = contribution(row)
         out.setdefault(k, Rollup()).add(r)
     return out
 
 
-def rollup_deltas(pairs: Iterable[tuple[Any, Any]], contribution: Any) -> dict[tuple[str, datetime], Rollup]:
+def rollup_deltas(
+    pairs: Iterable[tuple[Any, Any]], contribution: Callable[[Any], tuple[_Key, Rollup]]
+) -> dict[_Key, Rollup]:
     """Sum of ``contribution(new) - contribution(old)`` over ``(old, new)`` pairs."""
-    out: dict[tuple[str, datetime], Rollup] = {}
+    out: dict[_Key, Rollup] = {}
     for old, new in pairs:
         if old == new:
             continue
@@ -106,6 +125,18 @@ def rollup_deltas(pairs: Iterable[tuple[Any, Any]], contribution: Any) -> dict[t
             out.setdefault(k, Rollup()).add(r, -1)
         k, r = contribution(new)
         out.setdefault(k, Rollup()).add(r, +1)
+    return {k: v for k, v in out.items() if not v.is_zero()}
+
+
+def by_stage(stage_camera: Mapping[StageCameraKey, Rollup]) -> dict[StageHourKey, Rollup]:
+    """The (stage, hour) rollup of per-camera-and-stage rows or deltas: their sum over
+    cameras (rows that sum to zero left out, as :func:`rollup_deltas` leaves
+    them). Of ``rollup_deltas(pairs, stage_camera_contribution)`` it is
+    ``rollup_deltas(pairs, stage_contribution)`` (the latency sums added in
+    another order): each contribution is the same without the camera."""
+    out: dict[StageHourKey, Rollup] = {}
+    for (_, stage, hour), r in stage_camera.items():
+        out.setdefault((stage, hour), Rollup()).add(r)
     return {k: v for k, v in out.items() if not v.is_zero()}
 
 

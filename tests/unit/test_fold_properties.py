@@ -5,7 +5,8 @@ batches and merged into stored rows, must give exactly the rows (and rollups)
 that applying each event once in occurrence order gives. The failure rollup,
 kept as the stores keep it (deltas merged, groups a batch retracts a failure
 from set again from the rows), must equal the one computed from scratch from
-the final rows.
+the final rows; so must the per-camera-and-stage rollup, and the per-stage rollup
+kept, as the stores keep it, from its deltas summed over cameras.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from projections.fold import (
     FrameRow,
     ProjEvent,
     Rollup,
+    by_stage,
     failure_deltas,
     failure_totals,
     fold,
     frame_contribution,
     percentile_from_buckets,
     rollup_deltas,
+    rollup_totals,
+    stage_camera_contribution,
     stage_contribution,
 )
 
@@ -123,6 +127,9 @@ def frame_history(draw: st.DrawFn, frame_no: int) -> list[ProjEvent]:
                 else draw(st.sampled_from([orig.stage, "detect", None])),
                 attributes={"w": "1280"} if orig.attributes else {},
                 trace_id=draw(st.sampled_from([None, f"{frame_no + 1:032x}"])),
+                # Another camera id (the least wins): a frame's and its stage
+                # runs' rollup rows move to that camera's.
+                camera_id=draw(st.sampled_from([orig.camera_id, orig.camera_id, "cam-0"])),
             )
         )
     return out
@@ -152,12 +159,14 @@ def delivery(draw: st.DrawFn, events: list[ProjEvent]) -> list[list[ProjEvent]]:
 
 def apply_batches(batches: list[list[ProjEvent]]):  # type: ignore[no-untyped-def]
     """What the worker does: fold each batch, merge into stored rows, add rollup
-    deltas; merge the failure deltas and set each group marked ``recompute``
-    from the rows."""
+    deltas (the per-stage ones: the per-camera-and-stage ones summed over cameras);
+    merge the failure deltas and set each group marked ``recompute`` from the
+    rows."""
     frames: dict = {}
     stages: dict = {}
     frame_rollup: dict = {}
     stage_rollup: dict = {}
+    stage_camera_rollup: dict = {}
     failure_rollup: dict = {}
     for batch in batches:
         bf = BatchFold().extend(batch)
@@ -172,9 +181,11 @@ def apply_batches(batches: list[list[ProjEvent]]):  # type: ignore[no-untyped-de
             new = row if old is None else old.merge(row)
             stages[k] = new
             spairs.append((old, new))
+        stage_camera_deltas = rollup_deltas(spairs, stage_camera_contribution)
         for target, deltas in (
             (frame_rollup, rollup_deltas(fpairs, frame_contribution)),
-            (stage_rollup, rollup_deltas(spairs, stage_contribution)),
+            (stage_rollup, by_stage(stage_camera_deltas)),
+            (stage_camera_rollup, stage_camera_deltas),
         ):
             for k, d in deltas.items():
                 target.setdefault(k, Rollup()).add(d)
@@ -185,7 +196,14 @@ def apply_batches(batches: list[list[ProjEvent]]):  # type: ignore[no-untyped-de
         fresh = failure_totals(frames.values(), stages.values(), recompute)
         for k in recompute:
             failure_rollup[k] = fresh.get(k) or FailureStat()
-    return frames, stages, _clean(frame_rollup), _clean(stage_rollup), _clean_failures(failure_rollup)
+    return (
+        frames,
+        stages,
+        _clean(frame_rollup),
+        _clean(stage_rollup),
+        _clean(stage_camera_rollup),
+        _clean_failures(failure_rollup),
+    )
 
 
 def _clean_failures(rollup: dict) -> dict:
@@ -221,8 +239,9 @@ def reference(events: list[ProjEvent]):  # type: ignore[no-untyped-def]
     for row in ref.stages.values():
         k, r = stage_contribution(row)
         sr.setdefault(k, Rollup()).add(r)
+    scr = rollup_totals(ref.stages.values(), stage_camera_contribution)
     failures = _clean_failures(failure_totals(ref.frames.values(), ref.stages.values()))
-    return ref.frames, ref.stages, _clean(fr), _clean(sr), failures
+    return ref.frames, ref.stages, _clean(fr), _clean(sr), _clean(scr), failures
 
 
 @settings(max_examples=300, deadline=None)
