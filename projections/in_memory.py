@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from projections.fold import (
     BatchFold,
@@ -18,7 +19,10 @@ from projections.fold import (
     FailureStat,
     FrameKey,
     FrameRow,
+    Merged,
     Rollup,
+    StageCameraKey,
+    StageHourKey,
     StageKey,
     StageRow,
     failure_totals,
@@ -36,14 +40,15 @@ from projections.ports import (
 
 @dataclass
 class Generation:
-    """One generation's tables: rows, rollups (by (camera, hour) and (stage,
-    hour), and the failure rollup; rows kept when they sum to zero, as in the
-    database) and checkpoints."""
+    """One generation's tables: rows, rollups (by (camera, hour), (stage, hour)
+    and (camera, stage, hour), and the failure rollup; rows kept when they sum
+    to zero, as in the database) and checkpoints."""
 
     frames: dict[FrameKey, FrameRow] = field(default_factory=dict)
     stages: dict[StageKey, StageRow] = field(default_factory=dict)
     frame_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
-    stage_stats: dict[tuple[str, datetime], Rollup] = field(default_factory=dict)
+    stage_stats: dict[StageHourKey, Rollup] = field(default_factory=dict)
+    stage_camera_stats: dict[StageCameraKey, Rollup] = field(default_factory=dict)
     failure_stats: dict[FailureKey, FailureStat] = field(default_factory=dict)
     checkpoints: dict[TopicPartitionKey, int] = field(default_factory=dict)
 
@@ -81,9 +86,7 @@ class InMemoryProjectionStore(ProjectionStore):
             g.frames[(f.frame_id, f.frame_timestamp)] = f
         for s in merged.stages:
             g.stages[(s.frame_id, s.frame_timestamp, s.stage, s.attempt)] = s
-        for stats, deltas in ((g.frame_stats, merged.frame_deltas), (g.stage_stats, merged.stage_deltas)):
-            for k, d in deltas.items():
-                stats.setdefault(k, Rollup()).add(d)
+        self._add_rollups(g, merged)
         recompute: set[FailureKey] = set()
         for fk, fd in merged.failure_deltas.items():
             g.failure_stats.setdefault(fk, FailureStat()).merge(fd)
@@ -94,6 +97,17 @@ class InMemoryProjectionStore(ProjectionStore):
         for tp, (_, new) in positions.items():
             g.checkpoints[tp] = new
         return ApplyResult(len(merged.frames), len(merged.stages), n_events)
+
+    def _add_rollups(self, g: Generation, merged: Merged) -> None:
+        """Add a batch's deltas to the additive rollups."""
+        additive: list[tuple[dict[Any, Rollup], dict[Any, Rollup]]] = [
+            (g.frame_stats, merged.frame_deltas),
+            (g.stage_stats, merged.stage_deltas),
+            (g.stage_camera_stats, merged.stage_camera_deltas),
+        ]
+        for stats, deltas in additive:
+            for k, d in deltas.items():
+                stats.setdefault(k, Rollup()).add(d)
 
     def _recompute_failures(self, g: Generation, keys: set[FailureKey]) -> None:
         """Set the failure rollup groups a batch retracted failures from from the

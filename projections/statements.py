@@ -25,12 +25,12 @@ class GenerationStatements:
     def __init__(self, g: int) -> None:
         fm, ps = f"frame_metadata_g{g}", f"processing_stages_g{g}"
         fsh, pst = f"frame_stats_hourly_g{g}", f"performance_stats_g{g}"
-        fst = f"failure_stats_g{g}"
+        fst, scs = f"failure_stats_g{g}", f"stage_camera_stats_g{g}"
         self.frame_table, self.stage_table = fm, ps
         self.frame_stats_table, self.stage_stats_table = fsh, pst
-        self.failure_stats_table = fst
+        self.failure_stats_table, self.stage_camera_stats_table = fst, scs
         # The generation's time-partitioned tables (``tracker_ensure_partitions``).
-        self.tables = (fm, ps, fsh, pst, fst)
+        self.tables = (fm, ps, fsh, pst, fst, scs)
         fcols = ", ".join(FRAME_COLS)
         scols = ", ".join(STAGE_COLS)
         fset = ", ".join(f"{c} = EXCLUDED.{c}" for c in FRAME_COLS[2:]) + ", updated_at = now()"
@@ -71,16 +71,27 @@ class GenerationStatements:
             "processing_time_buckets = tracker_array_add(t.processing_time_buckets, "
             "EXCLUDED.processing_time_buckets)"
         )
-        self.upsert_stage_stats = (
-            f"INSERT INTO {pst} AS t (stage, hour, runs, completed, failed, conflicted, running, "
-            "duration_count, duration_sum_ms, duration_buckets) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-            "ON CONFLICT (stage, hour) DO UPDATE SET runs = t.runs + EXCLUDED.runs, "
+        stage_sums = (
+            "runs = t.runs + EXCLUDED.runs, "
             "completed = t.completed + EXCLUDED.completed, failed = t.failed + EXCLUDED.failed, "
             "conflicted = t.conflicted + EXCLUDED.conflicted, running = t.running + EXCLUDED.running, "
             "duration_count = t.duration_count + EXCLUDED.duration_count, "
             "duration_sum_ms = t.duration_sum_ms + EXCLUDED.duration_sum_ms, "
             "duration_buckets = tracker_array_add(t.duration_buckets, EXCLUDED.duration_buckets)"
+        )
+        stage_counters = (
+            "runs, completed, failed, conflicted, running, duration_count, duration_sum_ms, duration_buckets"
+        )
+        self.upsert_stage_stats = (
+            f"INSERT INTO {pst} AS t (stage, hour, {stage_counters}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+            f"ON CONFLICT (stage, hour) DO UPDATE SET {stage_sums}"
+        )
+        # The per-camera-and-stage rollup (sql/007): the same counters per camera.
+        self.upsert_stage_camera_stats = (
+            f"INSERT INTO {scs} AS t (camera_id, stage, hour, {stage_counters}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+            f"ON CONFLICT (camera_id, hour, stage) DO UPDATE SET {stage_sums}"
         )
         # The failure rollup (projections.rollups): counts add up; the first time
         # is a min; the sample is the later of the two by (last_seen, frame id,

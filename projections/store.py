@@ -224,6 +224,11 @@ class FramesProjectionStore(ProjectionStore):
                     for (stage, hour), d in sorted(merged.stage_deltas.items())
                 ],
             )
+        if merged.stage_camera_deltas:
+            await conn.executemany(
+                s.upsert_stage_camera_stats,
+                [(*key, *d.as_row(STAGE_COUNTERS)) for key, d in sorted(merged.stage_camera_deltas.items())],
+            )
         if merged.failure_deltas:
             deltas = sorted(merged.failure_deltas.items())
             # Also locks each group's row, which the recompute below relies on.

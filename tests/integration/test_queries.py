@@ -191,6 +191,7 @@ async def test_retention_drops_whole_days_everywhere(settings: Settings, db) -> 
         "frame_stats_hourly_g1",
         "performance_stats_g1",
         "failure_stats_g1",
+        "stage_camera_stats_g1",
     } <= tables
     cutoff = datetime.now(UTC) - timedelta(days=5)
     for t, col in [
@@ -199,6 +200,7 @@ async def test_retention_drops_whole_days_everywhere(settings: Settings, db) -> 
         ("processing_stages", "frame_timestamp"),
         ("frame_stats_hourly", "hour"),
         ("performance_stats", "hour"),
+        ("stage_camera_stats", "hour"),
     ]:
         assert await db.fetchval(f"SELECT count(*) FROM {t} WHERE {col} < $1", cutoff) == 0, t
         assert await db.fetchval(f"SELECT count(*) FROM {t}") > 0, t

@@ -36,12 +36,14 @@ from projections.fold import (
     FrameRow,
     ProjEvent,
     Rollup,
+    StageCameraKey,
     StageKey,
     StageRow,
     failure_totals,
     fold,
     frame_contribution,
     rollup_totals,
+    stage_camera_contribution,
     stage_contribution,
 )
 from projections.ports import ApplyResult, ProjectionStore
@@ -75,19 +77,19 @@ class Snapshot:
     frame_stats: dict[HourKey, tuple[Any, ...]]
     stage_stats: dict[HourKey, tuple[Any, ...]]
     failure_stats: dict[FailureKey, tuple[Any, ...]]
+    stage_camera_stats: dict[StageCameraKey, tuple[Any, ...]]
 
     @classmethod
     def of(
         cls,
         frames: Iterable[FrameRow],
         stages: Iterable[StageRow],
-        frame_stats: dict[HourKey, Rollup],
-        stage_stats: dict[HourKey, Rollup],
+        frame_stats: Mapping[HourKey, Rollup],
+        stage_stats: Mapping[HourKey, Rollup],
         failure_stats: Mapping[FailureKey, FailureStat] | None = None,
+        stage_camera_stats: Mapping[StageCameraKey, Rollup] | None = None,
     ) -> Snapshot:
-        def comparable(
-            stats: dict[HourKey, Rollup], counters: tuple[str, ...]
-        ) -> dict[HourKey, tuple[Any, ...]]:
+        def comparable(stats: Mapping[Any, Rollup], counters: tuple[str, ...]) -> dict[Any, tuple[Any, ...]]:
             out = {}
             for k, r in stats.items():
                 if not r.is_zero():
@@ -101,6 +103,7 @@ class Snapshot:
             comparable(frame_stats, FRAME_COUNTERS),
             comparable(stage_stats, STAGE_COUNTERS),
             comparable_failures(failure_stats or {}),
+            comparable(stage_camera_stats or {}, STAGE_COUNTERS),
         )
 
 
@@ -119,6 +122,7 @@ def expected(events: Iterable[ProjEvent]) -> Snapshot:
         rollup_totals(ref.frames.values(), frame_contribution),
         rollup_totals(ref.stages.values(), stage_contribution),
         failure_totals(ref.frames.values(), ref.stages.values()),
+        rollup_totals(ref.stages.values(), stage_camera_contribution),
     )
 
 
@@ -477,6 +481,51 @@ class ProjectionStoreContract:
             applied += first + moves[0] + moves[1]
             assert await read_back(live) == expected(applied)
 
+    async def test_a_stage_run_moves_to_the_row_of_its_camera(
+        self, store: ProjectionStore, read_back: ReadBack
+    ) -> None:
+        """A stage run's camera is the least camera id its events name: a report
+        naming another one, in any order, moves the run (its status and its
+        duration) from one camera's row of the per-camera-and-stage rollup to
+        the other's. Summed over cameras it is the per-stage rollup."""
+
+        def ev(tag: str, fid: str, etype: str, after_ms: float, cam: str, **kw: Any) -> ProjEvent:
+            return ProjEvent(
+                event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}/{fid}/{etype}/{cam}")),
+                event_type=etype,
+                frame_id=f"{tag}/{fid}",
+                camera_id=cam,
+                frame_timestamp=T0,
+                occurred_at=T0 + timedelta(milliseconds=after_ms),
+                stage="detect",
+                **kw,
+            )
+
+        live = await store.live_generation()
+        applied: list[ProjEvent] = []
+        for tag in ("in-order", "reversed"):
+            first = [
+                ev(tag, "moves", "StageStarted", 1, "cam-b"),
+                ev(tag, "moves", "StageCompleted", 30, "cam-b", duration_ms=29.0),
+                ev(tag, "stays", "StageStarted", 1, "cam-b"),
+                ev(tag, "stays", "StageFailed", 800, "cam-b", duration_ms=799.0, error_type="Timeout"),
+            ]
+            # The same completion reported again under another camera id.
+            then = [ev(tag, "moves", "StageCompleted", 31, "cam-a", duration_ms=30.0)]
+            for part in (first, then) if tag == "in-order" else (then, first):
+                await store.apply(part, generation=live)
+                applied += part
+                assert await read_back(live) == expected(applied)
+        snapshot = await read_back(live)
+        hour = T0.replace(minute=0)
+        runs = {k: v[0] for k, v in snapshot.stage_camera_stats.items()}
+        assert runs == {("cam-a", "detect", hour): 2, ("cam-b", "detect", hour): 2}
+        # Summed over cameras: the per-stage rollup, counters, time and histogram.
+        rows = list(snapshot.stage_camera_stats.values())
+        summed = [sum(x) for x in zip(*(v[:-1] for v in rows), strict=True)]
+        buckets = tuple(sum(b) for b in zip(*(v[-1] for v in rows), strict=True))
+        assert snapshot.stage_stats == {("detect", hour): (*summed[:-1], round(summed[-1], 6), buckets)}
+
 
 class PostgresProjectionStoreContract(ProjectionStoreContract):
     """The contract for the PostgreSQL store (:class:`FramesProjectionStore`) on
@@ -514,12 +563,13 @@ class PostgresGenerations:
             frame_stats = await conn.fetch(f"SELECT * FROM {s.frame_stats_table}")
             stage_stats = await conn.fetch(f"SELECT * FROM {s.stage_stats_table}")
             failure_stats = await conn.fetch(f"SELECT {', '.join(FAILURE_COLS)} FROM {s.failure_stats_table}")
+            stage_camera_stats = await conn.fetch(f"SELECT * FROM {s.stage_camera_stats_table}")
 
         def rollups(
-            rows: list[asyncpg.Record], key: str, counters: tuple[str, ...], latency: str
-        ) -> dict[HourKey, Rollup]:
+            rows: list[asyncpg.Record], key: tuple[str, ...], counters: tuple[str, ...], latency: str
+        ) -> dict[Any, Rollup]:
             return {
-                (r[key], r["hour"]): Rollup(
+                tuple(r[k] for k in key): Rollup(
                     counts={c: r[c] for c in counters},
                     latency_count=r[f"{latency}_count"],
                     latency_sum_ms=r[f"{latency}_sum_ms"],
@@ -531,9 +581,10 @@ class PostgresGenerations:
         return Snapshot.of(
             [frame_from_db(r) for r in frames],
             [stage_from_db(r) for r in stages],
-            rollups(frame_stats, "camera_id", FRAME_COUNTERS, "processing_time"),
-            rollups(stage_stats, "stage", STAGE_COUNTERS, "duration"),
+            rollups(frame_stats, ("camera_id", "hour"), FRAME_COUNTERS, "processing_time"),
+            rollups(stage_stats, ("stage", "hour"), STAGE_COUNTERS, "duration"),
             dict(failure_from_db(r) for r in failure_stats),
+            rollups(stage_camera_stats, ("camera_id", "stage", "hour"), STAGE_COUNTERS, "duration"),
         )
 
     async def new_generation(self) -> int:

@@ -17,6 +17,7 @@ TIME_PARTITIONED = {
     "frame_stats_hourly_g1": "hour",
     "performance_stats_g1": "hour",
     "failure_stats_g1": "hour",
+    "stage_camera_stats_g1": "hour",
 }
 
 
@@ -72,6 +73,7 @@ async def test_every_time_partitioned_table_is_a_hypertable(timescale: MigratedS
             ("frame_stats_hourly", "frame_stats_hourly_g1"),
             ("performance_stats", "performance_stats_g1"),
             ("failure_stats", "failure_stats_g1"),
+            ("stage_camera_stats", "stage_camera_stats_g1"),
         ]:
             assert table in await conn.fetchval("SELECT pg_get_viewdef($1::regclass)", view)
         # Partition maintenance is TimescaleDB's: a no-op here.
@@ -93,6 +95,7 @@ async def test_every_time_partitioned_table_is_a_hypertable(timescale: MigratedS
             "frame_stats_hourly_g2",
             "performance_stats_g2",
             "failure_stats_g2",
+            "stage_camera_stats_g2",
         } <= hypers
         await conn.execute("SELECT tracker_drop_frames_generation(2)")
         hypers = {

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from projections.fold import BatchFold, FailureKey, Rollup, frame_contribution
+from projections.fold import BatchFold, FailureKey, Merged, Rollup, frame_contribution
 from projections.in_memory import Generation, InMemoryProjectionStore
 from projections.ports import ApplyResult
 from tests.support.projection_store_contract import (
@@ -26,7 +27,12 @@ def read_back_of(store: InMemoryProjectionStore) -> ReadBack:
     async def snapshot(generation: int) -> Snapshot:
         g = store.generations.get(generation, Generation())
         return Snapshot.of(
-            g.frames.values(), g.stages.values(), g.frame_stats, g.stage_stats, g.failure_stats
+            g.frames.values(),
+            g.stages.values(),
+            g.frame_stats,
+            g.stage_stats,
+            g.failure_stats,
+            g.stage_camera_stats,
         )
 
     return snapshot
@@ -99,6 +105,14 @@ class _Defective(InMemoryProjectionStore):
                 g.frame_stats.setdefault(k, Rollup()).add(r)
         return result
 
+    def _add_rollups(self, g: Generation, merged: Merged) -> None:
+        if self.defect == "forgets the per-camera-and-stage rollup":
+            merged = replace(merged, stage_camera_deltas={})
+        elif self.defect == "never takes a stage run out of a camera's row":
+            kept = {k: d for k, d in merged.stage_camera_deltas.items() if d.counts.get("runs", 0) >= 0}
+            merged = replace(merged, stage_camera_deltas=kept)
+        super()._add_rollups(g, merged)
+
     def _recompute_failures(self, g: Generation, keys: set[FailureKey]) -> None:
         if self.defect == "only merges failures, never recomputes a group":
             for k in keys:
@@ -129,6 +143,11 @@ class _Defective(InMemoryProjectionStore):
             "only merges failures, never recomputes a group",
             "test_two_writers_retracting_from_one_group_at_once",
         ),
+        (
+            "forgets the per-camera-and-stage rollup",
+            "test_rows_applied_in_any_order_and_batches_equal_the_fold",
+        ),
+        ("never takes a stage run out of a camera's row", "test_a_stage_run_moves_to_the_row_of_its_camera"),
     ],
 )
 async def test_each_contract_check_can_fail(defect: str, check: str) -> None:
