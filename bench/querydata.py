@@ -42,6 +42,7 @@ from projections.fold import (
     Rollup,
     frame_contribution,
     frame_failure,
+    stage_camera_contribution,
     stage_contribution,
     stage_failure,
 )
@@ -139,6 +140,10 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
     for srow in batch.stages.values():
         sk, sr = stage_contribution(srow)
         sstats.setdefault(sk, Rollup()).add(sr)
+    scstats: dict[Any, Rollup] = {}
+    for srow in batch.stages.values():
+        sck, scr = stage_camera_contribution(srow)
+        scstats.setdefault(sck, Rollup()).add(scr)
     failures = [frame_failure(r) for r in batch.frames.values()] + [
         stage_failure(r) for r in batch.stages.values()
     ]
@@ -149,6 +154,7 @@ async def _seed(settings: Settings, events_per_hour: int, seed: int, start: date
         "frame_ids": [k[0] for k in batch.frames],
         "fstats": fstats,
         "sstats": sstats,
+        "scstats": scstats,
         "failures": [f for f in failures if f is not None],
         "fps": fps,
     }
@@ -295,15 +301,20 @@ async def build(settings: Settings, target_events: int, *, seed: int = 5, log: A
         info["index_s"] = round(time.monotonic() - t0, 1)
         log(f"queries: indexes rebuilt in {info['index_s']:.0f}s")
 
-        frows, srows = [], []
+        frows, srows, scrows = [], [], []
         for k in range(HOURS):
             d = timedelta(hours=k)
             frows += [(cam, hour - d, *r.as_row(FRAME_COUNTERS)) for (cam, hour), r in s["fstats"].items()]
             srows += [
                 (stage, hour - d, *r.as_row(STAGE_COUNTERS)) for (stage, hour), r in s["sstats"].items()
             ]
+            scrows += [
+                (cam, stage, hour - d, *r.as_row(STAGE_COUNTERS))
+                for (cam, stage, hour), r in s["scstats"].items()
+            ]
         await conn.executemany(st.upsert_frame_stats, frows)
         await conn.executemany(st.upsert_stage_stats, srows)
+        await conn.executemany(st.upsert_stage_camera_stats, scrows)
         failures = replica_failures(s["failures"], HOURS)
         await conn.executemany(
             st.upsert_failure_stats, [failure_to_db(k, f) for k, f in sorted(failures.items())]

@@ -209,6 +209,7 @@ async def copy_older(
                     ("frame_stats_hourly", "hour"),
                     ("performance_stats", "hour"),
                     ("failure_stats", "hour"),
+                    ("stage_camera_stats", "hour"),
                 ):
                     await conn.execute(
                         f"INSERT INTO {table}_g{gen} SELECT * FROM {table}_g{live} WHERE {col} < $1",

@@ -3,8 +3,8 @@
 A rebuild from the store folds every stored event into an empty generation.
 Done one event at a time in Python that costs tens of microseconds an event;
 here PostgreSQL does the per-event work in one ``INSERT ... SELECT ... GROUP
-BY`` per table, and Python only adds up the rollups (the failure rollup too)
-over the rows it made (a frame has about ten events, so that is a tenth of the
+BY`` per table, and Python only adds up the rollups (the per-camera-and-stage and
+the failure rollups too) over the rows it made (a frame has about ten events, so that is a tenth of the
 work, streamed).
 
 Each column is the SQL form of the same semilattice the Python fold
@@ -39,9 +39,11 @@ from projections.fold import (
     FailureKey,
     FailureStat,
     Rollup,
+    StageCameraKey,
+    by_stage,
     frame_contribution,
     frame_failure,
-    stage_contribution,
+    stage_camera_contribution,
     stage_failure,
 )
 from projections.rows import (
@@ -199,17 +201,19 @@ async def recompute(
         frame_totals.setdefault(key, Rollup()).add(r)
         if (failed := frame_failure(row)) is not None:
             failures.setdefault(failed[0], FailureStat()).add(failed[1])
-    stage_totals: dict[tuple[str, datetime], Rollup] = {}
+    stage_camera_totals: dict[StageCameraKey, Rollup] = {}
     async for rec in conn.cursor(f"SELECT {scols} FROM {s.stage_table} {where}", *args, prefetch=10_000):
         srow = stage_from_db(rec)
-        key, r = stage_contribution(srow)
-        stage_totals.setdefault(key, Rollup()).add(r)
+        skey, r = stage_camera_contribution(srow)
+        stage_camera_totals.setdefault(skey, Rollup()).add(r)
         if (failed_run := stage_failure(srow)) is not None:
             failures.setdefault(failed_run[0], FailureStat()).add(failed_run[1])
-    for totals, counters, upsert in (
+    totals_to_write: list[tuple[dict[Any, Rollup], tuple[str, ...], str]] = [
         (frame_totals, FRAME_COUNTERS, s.upsert_frame_stats),
-        (stage_totals, STAGE_COUNTERS, s.upsert_stage_stats),
-    ):
+        (by_stage(stage_camera_totals), STAGE_COUNTERS, s.upsert_stage_stats),
+        (stage_camera_totals, STAGE_COUNTERS, s.upsert_stage_camera_stats),
+    ]
+    for totals, counters, upsert in totals_to_write:
         rows: list[Any] = [(*key, *r.as_row(counters)) for key, r in sorted(totals.items())]
         if rows:
             await conn.executemany(upsert, rows)

@@ -107,6 +107,8 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         failure_totals,
         fold,
         frame_contribution,
+        rollup_totals,
+        stage_camera_contribution,
         stage_contribution,
     )
     from projections.store import FRAME_COLS, STAGE_COLS, frame_from_db, stage_from_db
@@ -126,6 +128,7 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         ]
         fstats = await conn.fetch("SELECT * FROM frame_stats_hourly")
         pstats = await conn.fetch("SELECT * FROM performance_stats")
+        scstats = await conn.fetch("SELECT * FROM stage_camera_stats")
         failures = await conn.fetch(f"SELECT {', '.join(FAILURE_COLS)} FROM failure_stats_g{g}")
     finally:
         await conn.close()
@@ -138,6 +141,7 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
     for row in ref.stages.values():
         k, r = stage_contribution(row)
         ref_s.setdefault(k, Rollup()).add(r)
+    ref_sc = rollup_totals(ref.stages.values(), stage_camera_contribution)
 
     def comparable(r: Rollup, counters: tuple[str, ...]) -> tuple:  # type: ignore[type-arg]
         *counts, latency_count, latency_sum_ms, buckets = r.as_row(counters)
@@ -148,6 +152,18 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
 
     def srow(r: Rollup) -> tuple:  # type: ignore[type-arg]
         return comparable(r, STAGE_COUNTERS)
+
+    def stage_values(r: asyncpg.Record) -> tuple:  # type: ignore[type-arg]
+        return (
+            r["runs"],
+            r["completed"],
+            r["failed"],
+            r["conflicted"],
+            r["running"],
+            r["duration_count"],
+            round(r["duration_sum_ms"], 3),
+            tuple(r["duration_buckets"]),
+        )
 
     actual = {
         "frames": {(r.frame_id, r.frame_timestamp): r for r in frames},
@@ -168,19 +184,9 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
             for r in fstats
             if r["frames"]
         },
-        "stage_stats": {
-            (r["stage"], r["hour"]): (
-                r["runs"],
-                r["completed"],
-                r["failed"],
-                r["conflicted"],
-                r["running"],
-                r["duration_count"],
-                round(r["duration_sum_ms"], 3),
-                tuple(r["duration_buckets"]),
-            )
-            for r in pstats
-            if r["runs"]
+        "stage_stats": {(r["stage"], r["hour"]): stage_values(r) for r in pstats if r["runs"]},
+        "stage_camera_stats": {
+            (r["camera_id"], r["stage"], r["hour"]): stage_values(r) for r in scstats if r["runs"]
         },
         "failure_stats": comparable_failures(dict(failure_from_db(r) for r in failures)),
     }
@@ -189,13 +195,14 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         "stages": {k: v for k, v in ref.stages.items()},
         "frame_stats": {k: frow(v) for k, v in ref_f.items()},
         "stage_stats": {k: srow(v) for k, v in ref_s.items()},
+        "stage_camera_stats": {k: srow(v) for k, v in ref_sc.items()},
         "failure_stats": comparable_failures(failure_totals(ref.frames.values(), ref.stages.values())),
     }
     return actual, expected
 
 
 def assert_same_projection(actual: dict, expected: dict) -> None:  # type: ignore[type-arg]
-    for part in ("frames", "stages", "frame_stats", "stage_stats", "failure_stats"):
+    for part in ("frames", "stages", "frame_stats", "stage_stats", "stage_camera_stats", "failure_stats"):
         a, e = actual[part], expected[part]
         missing, extra = set(e) - set(a), set(a) - set(e)
         assert not missing and not extra, f"{part}: missing {list(missing)[:3]}, extra {list(extra)[:3]}"

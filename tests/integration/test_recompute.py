@@ -3,8 +3,8 @@
 Hypothesis draws histories of a few frames (contradictory, partial, with
 re-sent reports that tie on time, mixed cameras, traces present and absent),
 stores them in ``frame_events`` and recomputes an empty generation in SQL; the
-rows and rollups (the failure rollup too) must be exactly those the Python fold
-makes of the same events.
+rows and rollups (the per-camera-and-stage and the failure rollups too) must be
+exactly those the Python fold makes of the same events.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from projections.fold import (
     fold,
     frame_contribution,
     rollup_totals,
+    stage_camera_contribution,
     stage_contribution,
 )
 from projections.recompute import recompute
@@ -199,6 +200,14 @@ async def _check(dsn: str, events: list[ProjEvent], generation: int) -> None:
                     f"FROM performance_stats_g{generation}"
                 )
             }  # fmt: skip
+            stage_camera_stats = {
+                (r["camera_id"], r["stage"], r["hour"]): _rounded(tuple(r)[3:])
+                for r in await conn.fetch(
+                    "SELECT camera_id, stage, hour, " + ", ".join(STAGE_COUNTERS)
+                    + ", duration_count, duration_sum_ms, duration_buckets "
+                    f"FROM stage_camera_stats_g{generation}"
+                )
+            }  # fmt: skip
             failure_stats = dict(
                 failure_from_db(r)
                 for r in await conn.fetch(
@@ -228,6 +237,9 @@ async def _check(dsn: str, events: list[ProjEvent], generation: int) -> None:
 
     assert frame_stats == as_rows(rollup_totals(expected.frames.values(), frame_contribution), FRAME_COUNTERS)
     assert stage_stats == as_rows(rollup_totals(expected.stages.values(), stage_contribution), STAGE_COUNTERS)
+    assert stage_camera_stats == as_rows(
+        rollup_totals(expected.stages.values(), stage_camera_contribution), STAGE_COUNTERS
+    )
     assert failure_stats == failure_totals(expected.frames.values(), expected.stages.values())
 
 

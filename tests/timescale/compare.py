@@ -13,7 +13,14 @@ from typing import Any
 import asyncpg
 
 from projections.events import STORE_COLUMNS, from_store
-from projections.fold import failure_totals, fold, frame_contribution, rollup_deltas, stage_contribution
+from projections.fold import (
+    failure_totals,
+    fold,
+    frame_contribution,
+    rollup_deltas,
+    stage_camera_contribution,
+    stage_contribution,
+)
 from tracker.config import Settings
 from tracker.errors import NotFound
 from tracker.queries import FrameTrackingQueries
@@ -79,6 +86,11 @@ async def query_answers(settings: Settings, frame_ids: Sequence[str], hours: flo
         out["camera_stats"] = await q.get_camera_stats(hours)
         out["stage_performance"] = await q.get_stage_performance(hours)
         out["camera_exists"] = {c: await q.camera_exists(c) for c in [*cameras, "cam-404"]}
+        out["baselines"] = {
+            f: await q.get_baselines(j["camera_id"], datetime.fromisoformat(j["frame_timestamp"]))
+            for f, j in journeys.items()
+            if isinstance(j, dict) and j.get("frame_timestamp")
+        }
         # The same after the pool's many RESET ALLs (one per release).
         out["session_at_the_end"] = await session()
         return _plain(out)
@@ -179,25 +191,27 @@ async def projection_problems(conn: asyncpg.Connection) -> list[str]:
             f"processing_stages: {len(stages)} rows, the fold {len(want_stages)}; or statuses differ"
         )
 
+    stage_counters = ("runs", "completed", "failed", "conflicted", "running")
     for table, key, counters, contribution, rows in (
         (
             "frame_stats_hourly",
-            "camera_id",
+            ("camera_id", "hour"),
             ("frames", "captured", "queued", "processing", "completed", "failed", "conflicted"),
             frame_contribution,
             folded.frames.values(),
         ),
+        ("performance_stats", ("stage", "hour"), stage_counters, stage_contribution, folded.stages.values()),
         (
-            "performance_stats",
-            "stage",
-            ("runs", "completed", "failed", "conflicted", "running"),
-            stage_contribution,
+            "stage_camera_stats",
+            ("camera_id", "stage", "hour"),
+            stage_counters,
+            stage_camera_contribution,
             folded.stages.values(),
         ),
     ):
-        want = rollup_deltas([(None, r) for r in rows], contribution)
+        want: dict[Any, Any] = rollup_deltas([(None, r) for r in rows], contribution)
         have = {
-            (r[key], r["hour"]): r
+            tuple(r[k] for k in key): r
             for r in await conn.fetch(f"SELECT * FROM {table}")
             if any(r[c] for c in counters)  # a row whose counts all went back to 0 is no row
         }

@@ -45,6 +45,7 @@ TABLES = (
     "frame_stats_hourly",
     "performance_stats",
     "failure_stats",
+    "stage_camera_stats",
 )
 
 
@@ -109,6 +110,7 @@ async def test_the_history_is_written_the_same_through_the_write_path(filled: Fi
             "frame_stats_hourly_g1",
             "performance_stats_g1",
             "failure_stats_g1",
+            "stage_camera_stats_g1",
         ],
         1,
     )

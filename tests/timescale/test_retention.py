@@ -35,6 +35,7 @@ TABLES = {
     "frame_stats_hourly": "hour",
     "performance_stats": "hour",
     "failure_stats": "hour",
+    "stage_camera_stats": "hour",
 }
 HOURS = 96.0
 
@@ -111,6 +112,7 @@ async def test_retention_drops_whole_days_and_the_projections_stay_consistent(tw
             "frame_stats_hourly_g1",
             "performance_stats_g1",
             "failure_stats_g1",
+            "stage_camera_stats_g1",
         ]
     ), dropped
     assert all(d["dropped"].startswith("_timescaledb_internal.") for d in dropped["timescaledb"])  # chunks
