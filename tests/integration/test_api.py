@@ -135,6 +135,21 @@ async def test_every_documented_endpoint_answers_as_documented(server: Server, d
         "SELECT count(*) FROM frame_metadata WHERE camera_id = $1 AND total_processing_time_ms IS NOT NULL",
         camera,
     )
+    # Each stage on this camera, and on every camera: the timed runs of each.
+    timed = "duration_ms IS NOT NULL AND status <> 'running'"
+    on_camera = await db.fetch(
+        f"SELECT stage, count(*) AS n FROM processing_stages WHERE camera_id = $1 AND {timed} "
+        "GROUP BY stage ORDER BY stage",
+        camera,
+    )
+    everywhere = await db.fetch(
+        f"SELECT stage, count(*) AS n FROM processing_stages WHERE {timed} GROUP BY stage ORDER BY stage"
+    )
+    assert [(s["stage"], s["count"]) for s in body["camera_stages"]] == [
+        (r["stage"], r["n"]) for r in on_camera
+    ]
+    assert [(s["stage"], s["count"]) for s in body["stages"]] == [(r["stage"], r["n"]) for r in everywhere]
+    assert sum(r["n"] for r in on_camera) < sum(r["n"] for r in everywhere)  # more than one camera
 
 
 async def test_every_route_is_documented(settings: Settings) -> None:

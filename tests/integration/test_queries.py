@@ -122,6 +122,7 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         ("search_camera", qm.SEARCH_CAMERA, ["cam-001", since, since + timedelta(hours=1), 50]),
         ("recent_failed", qm.RECENT_FAILED, [since, 50]),
         ("baseline_camera", qm.BASELINE_CAMERA, ["cam-001", since]),
+        ("baseline_camera_stages", qm.BASELINE_CAMERA_STAGES, ["cam-001", since]),
         ("baseline_stages", qm.BASELINE_STAGES, [since]),
     ]:
         rows = await db.fetch("EXPLAIN " + sql, *args)
@@ -132,6 +133,8 @@ async def test_plans_use_indexes_or_rollups_never_a_scan_of_frame_events(filled,
         if name != "journey_events":
             assert "frame_events" not in plan, (name, plan)
     assert "frame_stats_hourly" in plans["camera_stats"] and "performance_stats" in plans["stage_stats"]
+    assert "stage_camera_stats" in plans["baseline_camera_stages"]
+    assert "Index" in plans["baseline_camera_stages"], plans["baseline_camera_stages"]
     # Prefix search and close ids: one range of the byte-ordered index of sql/006.
     # (Partitions name their copies of it themselves: the condition shows it is the one.)
     for name in ("search_prefix", "neighbour_ids"):

@@ -182,20 +182,22 @@ class FrameTrackingQueries:
         return shaping.frame_list(rows, self.trace_link)
 
     async def get_baselines(self, camera_id: str, at: datetime) -> dict[str, Any]:
-        """p50/p95 of the camera's total processing time and of every stage's
-        duration in the hour holding ``at``, from the hourly rollups."""
+        """p50/p95 in the hour holding ``at``, from the hourly rollups: of the
+        camera's total processing time, of every stage's duration on that
+        camera, and of every stage's duration on every camera."""
         check_camera_id(camera_id)
         hour = shaping.hour_floor(at.astimezone(UTC))
 
-        async def run() -> tuple[Any, list[asyncpg.Record]]:
+        async def run() -> tuple[Any, list[asyncpg.Record], list[asyncpg.Record]]:
             async with self._pool.acquire() as conn:
                 return (
                     await conn.fetchrow(statements.BASELINE_CAMERA, camera_id, hour),
+                    await conn.fetch(statements.BASELINE_CAMERA_STAGES, camera_id, hour),
                     await conn.fetch(statements.BASELINE_STAGES, hour),
                 )
 
-        camera, stages = await call_db(run)
-        return shaping.baselines(camera_id, hour, camera, stages)
+        camera, camera_stages, stages = await call_db(run)
+        return shaping.baselines(camera_id, hour, camera, camera_stages, stages)
 
 
 def _prefix_end(prefix: str) -> str:

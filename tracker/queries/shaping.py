@@ -194,9 +194,16 @@ def closest_ids(frame_id: str, candidates: Iterable[str], limit: int) -> list[st
     return [c for c in scored if common(c) >= min(3, len(frame_id))][:limit]
 
 
-def baselines(camera_id: str, hour: datetime, camera: Row | None, stages: Iterable[Row]) -> dict[str, Any]:
-    """One hour's p50/p95 of the camera's total processing time and of each
-    stage's duration, from the hourly rollups."""
+def baselines(
+    camera_id: str,
+    hour: datetime,
+    camera: Row | None,
+    camera_stages: Iterable[Row],
+    stages: Iterable[Row],
+) -> dict[str, Any]:
+    """One hour's p50/p95, from the hourly rollups: of the camera's total
+    processing time (``camera``), of each stage's duration on that camera
+    (``camera_stages``) and of each stage's duration on every camera (``stages``)."""
 
     def summary(r: Row | None) -> dict[str, Any]:
         buckets = list(r["buckets"] or []) if r else []
@@ -210,5 +217,6 @@ def baselines(camera_id: str, hour: datetime, camera: Row | None, stages: Iterab
         "camera_id": camera_id,
         "hour": iso(hour),
         "camera": summary(camera),
+        "camera_stages": [{"stage": r["stage"], **summary(r)} for r in camera_stages],
         "stages": [{"stage": r["stage"], **summary(r)} for r in stages],
     }

@@ -133,11 +133,18 @@ FROM frame_metadata WHERE frame_timestamp >= $1 AND failed_at IS NOT NULL
 ORDER BY failed_at DESC, frame_id
 LIMIT $2
 """
-# "Is this normal?": one hour's histograms, a primary-key read of each rollup.
+# "Is this normal?": one hour's histograms, a primary-key read of each rollup:
+# the camera's total time, each stage on that camera (stage_camera_stats,
+# sql/007: one range of its key), and each stage on every camera.
 BASELINE_CAMERA = """
 SELECT processing_time_count AS timed, processing_time_sum_ms AS time_sum_ms,
        processing_time_buckets AS buckets
 FROM frame_stats_hourly WHERE camera_id = $1 AND hour = $2
+"""
+BASELINE_CAMERA_STAGES = """
+SELECT stage, duration_count AS timed, duration_sum_ms AS time_sum_ms, duration_buckets AS buckets
+FROM stage_camera_stats WHERE camera_id = $1 AND hour = $2
+ORDER BY stage
 """
 BASELINE_STAGES = """
 SELECT stage, duration_count AS timed, duration_sum_ms AS time_sum_ms, duration_buckets AS buckets
