@@ -222,19 +222,34 @@ async def check_frame_page(driver: Any, stack: Stack, db: asyncpg.Connection, fi
         "href"
     )
     assert one(driver, "#api-link").get_attribute("href").endswith("/api/v1/frames/" + quote(fid, safe=""))
-    # "Is this normal?": each stage beside its p95 for the hour, from the rollup.
+    # "Is this normal?": each stage beside its p95 for the hour on the frame's
+    # camera, which the verdict is made on, and on every camera, from the rollups.
     hour = row["frame_timestamp"].replace(minute=0, second=0, microsecond=0)
-    p95 = {
+    on_camera = {
+        r["stage"]: (percentile_from_buckets(list(r["duration_buckets"]), 0.95), r["duration_count"])
+        for r in await db.fetch(
+            "SELECT stage, duration_buckets, duration_count FROM stage_camera_stats "
+            "WHERE camera_id = $1 AND hour = $2",
+            row["camera_id"],
+            hour,
+        )
+    }
+    everywhere = {
         r["stage"]: percentile_from_buckets(list(r["duration_buckets"]), 0.95)
         for r in await db.fetch("SELECT stage, duration_buckets FROM performance_stats WHERE hour = $1", hour)
     }
+    assert one(driver, "#normal th.group span.camera").text == row["camera_id"]
+    assert "every camera" in one(driver, "#normal th.group.all-cameras").text
     shown = css(driver, "#normal tr.stage")
     assert len(shown) == len(stages)
     for tr, s in zip(shown, stages, strict=True):
         assert tr.get_attribute("data-stage") == s["stage"]
-        assert tr.find_element("css selector", "td.p95").text == fmt_ms(round(p95[s["stage"]], 3))
+        p95, runs = on_camera[s["stage"]]
+        assert tr.find_element("css selector", "td.p95").text == fmt_ms(round(p95, 3))
+        assert tr.find_element("css selector", "td.runs").text == str(runs)
+        assert tr.find_element("css selector", "td.p95-all").text == fmt_ms(round(everywhere[s["stage"]], 3))
         verdict = tr.find_element("css selector", "td.verdict").text
-        assert (verdict == "slower than p95") == (s["duration_ms"] > round(p95[s["stage"]], 3)), verdict
+        assert (verdict == "slower than p95") == (s["duration_ms"] > round(p95, 3)), verdict
     # Every event is listed, each with its own trace link.
     events = await db.fetchval("SELECT count(*) FROM frame_events WHERE frame_id = $1", fid)
     assert len(css(driver, "#events tbody tr")) == events

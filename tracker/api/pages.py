@@ -196,48 +196,66 @@ def _verdict(ms: float | None, p50: float | None, p95: float | None) -> Markup:
     return render('<td class="verdict normal">normal</td>')
 
 
+_NO_BASELINE: dict[str, Any] = {"p50_ms": None, "p95_ms": None, "count": 0}
+
+
 def _normal(j: dict[str, Any], base: dict[str, Any] | None) -> Markup:
+    """Each stage beside that hour's p50/p95 of the same stage on this frame's
+    camera (the verdict), and on every camera; the total beside the camera's."""
     if base is None:
         return render('<p class="empty">No rollup for this hour yet.</p>')
-    per_stage = {s["stage"]: s for s in base["stages"]}
-    rows = []
-    total, cam = j.get("total_processing_time_ms"), base["camera"]
-    rows.append(
-        render(
-            '<tr class="total"><td>total (camera {c})</td><td></td><td class="num">{ms}</td>'
-            '<td class="num">{p50}</td><td class="num p95">{p95}</td><td class="num">{n}</td>{v}</tr>',
-            c=base["camera_id"],
-            ms=fmt_ms(total),
-            p50=fmt_ms(cam["p50_ms"]),
-            p95=fmt_ms(cam["p95_ms"]),
-            n=cam["count"],
-            v=_verdict(total, cam["p50_ms"], cam["p95_ms"]),
-        )
+    on_camera = {s["stage"]: s for s in base["camera_stages"]}
+    everywhere = {s["stage"]: s for s in base["stages"]}
+    row = (
+        '<td class="num">{ms}</td><td class="num p50">{p50}</td><td class="num p95">{p95}</td>'
+        '<td class="num runs">{n}</td>{v}'
+        '<td class="num all-cameras p50-all">{p50_all}</td><td class="num all-cameras p95-all">{p95_all}</td>'
     )
+
+    def cells(ms: float | None, b: dict[str, Any], all_cameras: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "ms": fmt_ms(ms),
+            "p50": fmt_ms(b["p50_ms"]),
+            "p95": fmt_ms(b["p95_ms"]),
+            "n": b["count"],
+            "v": _verdict(ms, b["p50_ms"], b["p95_ms"]),
+            "p50_all": fmt_ms(all_cameras["p50_ms"]) if all_cameras else "",
+            "p95_all": fmt_ms(all_cameras["p95_ms"]) if all_cameras else "",
+        }
+
+    total = j.get("total_processing_time_ms")
+    rows = [
+        render(
+            '<tr class="total"><td>total</td><td></td>' + row + "</tr>", **cells(total, base["camera"], None)
+        )
+    ]
     for s in j.get("stages") or []:
-        b = per_stage.get(s["stage"], {"p50_ms": None, "p95_ms": None, "count": 0})
+        stage = s["stage"]
         rows.append(
             render(
                 '<tr class="stage" data-stage="{st}" data-attempt="{a}"><td>{st}</td><td>{a}</td>'
-                '<td class="num">{ms}</td><td class="num">{p50}</td><td class="num p95">{p95}</td>'
-                '<td class="num">{n}</td>{v}</tr>',
-                st=s["stage"],
+                + row
+                + "</tr>",
+                st=stage,
                 a=s["attempt"],
-                ms=fmt_ms(s["duration_ms"]),
-                p50=fmt_ms(b["p50_ms"]),
-                p95=fmt_ms(b["p95_ms"]),
-                n=b["count"],
-                v=_verdict(s["duration_ms"], b["p50_ms"], b["p95_ms"]),
+                **cells(
+                    s["duration_ms"], on_camera.get(stage, _NO_BASELINE), everywhere.get(stage, _NO_BASELINE)
+                ),
             )
         )
     return render(
-        '<table id="normal" class="normal"><thead><tr><th>what</th><th>attempt</th>'
-        '<th class="num">this frame</th><th class="num">p50</th><th class="num">p95</th>'
-        '<th class="num">runs</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>'
-        '<p class="hint">Hour {hour}, from the hourly rollups: the total against this camera\'s frames, '
-        "each stage against that stage's runs on every camera. Percentiles are interpolated inside "
-        "histogram buckets.</p>",
+        '<table id="normal" class="normal"><thead><tr><th rowspan="2">what</th><th rowspan="2">attempt</th>'
+        '<th class="num" rowspan="2">this frame</th>'
+        '<th class="group" colspan="4">camera <span class="camera">{c}</span>, this hour</th>'
+        '<th class="group all-cameras" colspan="2">every camera, this hour</th></tr>'
+        '<tr><th class="num">p50</th><th class="num">p95</th><th class="num">runs</th><th>verdict</th>'
+        '<th class="num all-cameras">p50</th><th class="num all-cameras">p95</th></tr></thead>'
+        "<tbody>{rows}</tbody></table>"
+        '<p class="hint">Hour {hour}, from the hourly rollups: the total against camera {c}\'s frames '
+        "and each stage against that stage's runs on camera {c} in that hour (the verdict); each "
+        "stage's runs on every camera beside. Percentiles are interpolated inside histogram buckets.</p>",
         rows=join(rows),
+        c=base["camera_id"],
         hour=fmt_time(base["hour"]),
     )
 
