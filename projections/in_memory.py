@@ -3,8 +3,8 @@ as the PostgreSQL store (:mod:`projections.store`), with dicts for tables.
 
 For tests of what drives a store (the worker's handling of conflicts and
 swapped-in generations) without a database; it passes the same contract
-(``tests/contract/projection_store.py``). An apply runs without awaiting, so,
-on one event loop, it is all or nothing as a transaction is.
+(``tests/support/projection_store_contract.py``). An apply runs without
+awaiting, so, on one event loop, it is all or nothing as a transaction is.
 """
 
 from __future__ import annotations
