@@ -66,6 +66,7 @@ PY
 cat <<'TXT'
 
 Where things are, while `tracker serve` runs (start it with .venv/bin/tracker serve):
+  web UI    http://127.0.0.1:8080/ui/   (find a frame: search, timeline, "is this normal?"; pipeline page)
   API       http://127.0.0.1:8080/api/v1/...   (endpoints: http://127.0.0.1:8080/openapi.json)
   health    http://127.0.0.1:8080/healthz  http://127.0.0.1:8080/readyz
   metrics   http://127.0.0.1:8080/metrics; workers: tracker consume (:9464), tracker project (:9465)
