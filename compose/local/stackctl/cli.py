@@ -1,5 +1,7 @@
 """The commands of compose/local/stack.py: argparse, one lock per stack folder, exit codes.
 
+The mode (STACK_BROKERS, STACK_SECURE: common.py) chooses the stack every command works on.
+
 Exit codes: 0 done (status: every service running and answering), 1 a clear error (one message on
 stderr, "stack.py: error: ..."), 2 a usage error (argparse), 3 status found a service stopped or not
 answering, 130 interrupted.
@@ -14,9 +16,10 @@ import shutil
 import sys
 import time
 
-from .common import STACK, StackError, log, rel
+from .common import BROKERS, MODE, MODE_OFFSETS, SECURE, SETTINGS_ERROR, STACK, StackError, log, rel
 from .kafka import Kafka
 from .postgres import Postgres
+from .security import ROLES, Security
 from .service import Service
 
 DESCRIPTION = "Local, Docker-free service stack for detektor-tracker: Kafka (KRaft) + PostgreSQL."
@@ -48,7 +51,7 @@ def cmd_up(only: str | None) -> int:
             svc.start()
     for svc in svcs:
         print(svc.describe())
-    log(f"up in {time.monotonic() - t0:.1f}s")
+    log(f"{MODE + ' stack ' if MODE else ''}up in {time.monotonic() - t0:.1f}s")
     return 0
 
 
@@ -56,6 +59,22 @@ def cmd_down(only: str | None, kill: bool = False) -> int:
     with stack_lock():
         for svc in services(only):
             svc.stop(kill=kill)
+    return 0
+
+
+def cmd_node(action: str, node: int, kill: bool) -> int:
+    """One Kafka node of a cluster started or stopped alone (fault injection)."""
+    with stack_lock():
+        if action == "start":
+            Kafka().start(node)
+        else:
+            Kafka().stop(kill=kill, node_id=node)
+    return 0
+
+
+def cmd_grant(topic_prefix: str, group_prefix: str) -> int:
+    with stack_lock():
+        Kafka().grant(topic_prefix, group_prefix)
     return 0
 
 
@@ -74,9 +93,11 @@ def cmd_reset(wipe_all: bool) -> int:
             svc.stop()
         for svc in services(None):
             svc.wipe()
+        if SECURE:
+            Security().wipe()
         if wipe_all:
             for p in STACK.iterdir():
-                if p.name != ".lock":
+                if p.name != ".lock" and p.name not in MODE_OFFSETS:  # another mode's stack
                     if p.is_dir() and not p.is_symlink():
                         shutil.rmtree(p, ignore_errors=True)
                     else:
@@ -86,9 +107,29 @@ def cmd_reset(wipe_all: bool) -> int:
     return 0
 
 
-def cmd_env() -> int:
-    for svc in services(None):
-        print(f"{svc.env_var}={svc.address()}")
+def cmd_env(role: str | None) -> int:
+    if role is None:
+        for svc in services(None):
+            print(f"{svc.env_var}={svc.address()}")
+        return 0
+    # The TRACKER_* settings of one of the tracker's roles on this stack.
+    kafka, pg = Kafka(), Postgres()
+    lines = {"TRACKER_KAFKA_BOOTSTRAP": kafka.address(), "TRACKER_DATABASE_URL": pg.address()}
+    if BROKERS > 1:
+        lines["TRACKER_TOPIC_REPLICATION_FACTOR"] = "3"
+    if kafka.security is not None:
+        sec = kafka.security
+        lines |= {
+            "TRACKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "TRACKER_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "TRACKER_KAFKA_SASL_USERNAME": ROLES[role],
+            "TRACKER_KAFKA_SASL_PASSWORD": sec.password("kafka", ROLES[role]),
+            "TRACKER_KAFKA_SSL_CAFILE": str(sec.ca),
+            "TRACKER_DATABASE_SSLMODE": "verify-full",
+            "TRACKER_DATABASE_SSLROOTCERT": str(sec.ca),
+        }
+    for name, value in lines.items():
+        print(f"{name}={value}")
     return 0
 
 
@@ -102,13 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reset", help="down + delete all data (keeps cached Kafka jars unless --all)")
     p.add_argument("--all", action="store_true", help="also delete the cached Kafka jars")
     for svc in (s.name for s in SERVICES):
-        sub.add_parser(f"start-{svc}", help=f"start only {svc}")
+        start = sub.add_parser(f"start-{svc}", help=f"start only {svc}")
         p = sub.add_parser(f"stop-{svc}", help=f"stop only {svc}")
         p.add_argument(
             "--kill", action="store_true", help="SIGKILL instead of a clean stop (crash simulation)"
         )
-    sub.add_parser("env", help="print STACK_KAFKA_BOOTSTRAP / STACK_PG_DSN lines")
+        if svc == "kafka":
+            for q in (start, p):
+                q.add_argument("--node", type=int, help="just this node of a cluster (1-3)")
+    p = sub.add_parser("env", help="print STACK_KAFKA_BOOTSTRAP / STACK_PG_DSN lines")
+    p.add_argument(
+        "--tracker", choices=sorted(ROLES), metavar="ROLE", help="the TRACKER_* settings of a role"
+    )
+    p = sub.add_parser("grant", help="secure stack: the tracker's ACLs for a topic and group prefix")
+    p.add_argument("--topic-prefix", default="detektor.frames")
+    p.add_argument("--group-prefix", default="tracker")
     a = ap.parse_args(argv)
+    if SETTINGS_ERROR:
+        print(f"stack.py: error: {SETTINGS_ERROR}", file=sys.stderr)
+        return 1
     try:
         if a.cmd == "up":
             return cmd_up(a.only)
@@ -119,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "reset":
             return cmd_reset(a.all)
         if a.cmd == "env":
-            return cmd_env()
+            return cmd_env(a.tracker)
+        if a.cmd == "grant":
+            return cmd_grant(a.topic_prefix, a.group_prefix)
         action, svc = a.cmd.split("-", 1)
+        if getattr(a, "node", None) is not None:
+            return cmd_node(action, a.node, getattr(a, "kill", False))
         if action == "start":
             return cmd_up(svc)
         return cmd_down(svc, kill=a.kill)

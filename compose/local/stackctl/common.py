@@ -11,10 +11,10 @@ from typing import NoReturn
 
 HERE = Path(__file__).resolve().parent.parent  # <repo>/compose/local
 REPO = HERE.parent.parent
-STACK = Path(os.environ.get("STACK_DIR", "") or (REPO / ".stack"))
-if not STACK.is_absolute():
-    STACK = REPO / STACK
-STACK = STACK.resolve()
+BASE = Path(os.environ.get("STACK_DIR", "") or (REPO / ".stack"))
+if not BASE.is_absolute():
+    BASE = REPO / BASE
+BASE = BASE.resolve()  # the state folder of the default stack; the Kafka jars of every mode
 
 HOST = "127.0.0.1"
 IS_ROOT = os.geteuid() == 0
@@ -22,6 +22,33 @@ IS_ROOT = os.geteuid() == 0
 
 class StackError(Exception):
     """A user-facing failure: printed as one clear message, exit code 1."""
+
+
+# -- the mode: how many brokers, whether links are authenticated and encrypted ---------------------
+# Each mode is a stack of its own: state in its own folder under BASE and default ports shifted by
+# its own offset, so a cluster or a secure stack runs beside the default one without touching it.
+MODE_OFFSETS = {"": 0, "cluster": 100, "secure": 200, "secure-cluster": 300}
+
+
+def _mode() -> tuple[int, bool]:
+    raw = os.environ.get("STACK_BROKERS", "").strip() or "1"
+    if raw not in ("1", "3"):
+        raise StackError(f"STACK_BROKERS={raw!r}: the stack runs 1 broker or a cluster of 3")
+    secure = os.environ.get("STACK_SECURE", "").strip().lower()
+    if secure not in ("", "0", "1", "no", "yes", "false", "true"):
+        raise StackError(f"STACK_SECURE={secure!r}: expected 1 or 0")
+    return int(raw), secure in ("1", "yes", "true")
+
+
+try:
+    BROKERS, SECURE = _mode()
+    SETTINGS_ERROR = ""
+except StackError as _e:  # reported by the command line (cli.main), not as a traceback at import
+    BROKERS, SECURE = 1, False
+    SETTINGS_ERROR = str(_e)
+MODE = "-".join(part for part in ("secure" if SECURE else "", "cluster" if BROKERS > 1 else "") if part)
+STACK = BASE / MODE if MODE else BASE  # this mode's state folder
+PORT_OFFSET = MODE_OFFSETS[MODE]
 
 
 def die(msg: str) -> NoReturn:
@@ -48,9 +75,10 @@ def rel(p: Path) -> str:
 
 
 def env_port(name: str, default: int) -> int:
+    """The port ``name`` says, else ``default`` (the default stack's) shifted by the mode's offset."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return default + PORT_OFFSET
     try:
         port = int(raw)
     except ValueError:

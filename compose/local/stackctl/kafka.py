@@ -1,14 +1,16 @@
-"""How Kafka is run: a single-node KRaft broker (broker + controller, node.id=1) as a plain JVM process.
+"""How Kafka is run: KRaft nodes (broker + controller each) as plain JVM processes.
 
-The jars come from Maven Central once (pom.xml next to stack.py) into <stack>/kafka-libs-<version>/;
-<stack>/kafka/ holds server.properties (written on every start), the data and the logs; kafka.pid and
-kafka.port record the running broker. Ready means: the broker answers a Metadata request (kafka_probe.py).
+One node (node.id=1) by default, three with STACK_BROKERS=3; server.properties for each mode comes from
+kafka_config.py. The jars come from Maven Central once (pom.xml next to stack.py) into
+<STACK_DIR>/kafka-libs-<version>/, shared by every mode. A node's folder (<stack>/kafka/ for the single
+node, <stack>/kafka-<id>/ in a cluster) holds server.properties (written on every start), the data and the
+logs; kafka.pid and kafka.port record the running node. A node is ready when it lists itself in a Metadata
+answer (kafka_probe.py); the stack is up when every node lists every node.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import shutil
@@ -19,158 +21,34 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import HERE, HOST, STACK, apt_install, die, env_port, log, rel, tail
+from .acls import DEFAULT_GROUP_PREFIX, DEFAULT_TOPIC_PREFIX, create_acls, tracker_acls
+from .common import BROKERS, HOST, SECURE, STACK, die, env_port, log, rel, tail
+from .kafka_config import NodeAddress, server_properties
+from .kafka_jars import KafkaJars, pom_property
 from .kafka_probe import kafka_probe
+from .kafka_wire import Credentials
+from .ports import ensure_port_free
 from .proc import find_pids, proc_cmdline, read_pid, reap, terminate
+from .security import KAFKA_USERS, Security
 from .service import Port, Service
 
-POM = HERE / "pom.xml"
-LOG4J = HERE / "log4j2.properties"
 
+class KafkaNode:
+    """One KRaft node (broker + controller): its ports, its folder and its JVM."""
 
-def _pom_property(name: str) -> str:
-    m = re.search(rf"<{re.escape(name)}>\s*(\d[^<\s]*)\s*</{re.escape(name)}>", POM.read_text())
-    if not m:
-        die(f"{rel(POM)} has no <{name}> property")
-    return m.group(1)
-
-
-class Kafka(Service):
-    name = label = "kafka"
-    title = "Kafka"
-    env_var = "STACK_KAFKA_BOOTSTRAP"
-    no_answer = "no Metadata answer"
-
-    def __init__(self) -> None:
-        self.version = os.environ.get("STACK_KAFKA_VERSION", "").strip() or _pom_property("kafka.version")
-        # Below Linux's ephemeral range (32768-60999): a service port inside it can
-        # be taken, while the service is down, by a client's own outgoing socket
-        # (even a TCP self-connect to that very port), and the restart then fails
-        # with "address already in use".
-        self.port = env_port("STACK_KAFKA_PORT", 29092)
-        self.controller_port = env_port("STACK_KAFKA_CONTROLLER_PORT", 29093)
-        if self.port == self.controller_port:
-            die("STACK_KAFKA_PORT and STACK_KAFKA_CONTROLLER_PORT must differ")
-        self.home = STACK / "kafka"
-        self.data = self.home / "data"
-        self.logs = self.home / "logs"
-        self.props = self.home / "server.properties"
-        self.pidfile = self.home / "kafka.pid"
-        self.portfile = self.home / "kafka.port"
+    def __init__(self, address: NodeAddress, home: Path) -> None:
+        self.address = address
+        self.id, self.port, self.controller_port = address
+        self.home = home
+        self.data = home / "data"
+        self.logs = home / "logs"
+        self.props = home / "server.properties"
+        self.pidfile = home / "kafka.pid"
+        self.portfile = home / "kafka.port"
         self.out = self.logs / "kafka.out"
-        self.libs = STACK / f"kafka-libs-{self.version}"
-
-    # -- jars -------------------------------------------------------------------------------
-    def _libs_stamp(self) -> str:
-        h = hashlib.sha256(POM.read_bytes())
-        h.update(self.version.encode())
-        return h.hexdigest()
-
-    def ensure_libs(self) -> None:
-        marker = self.libs / ".complete"
-        if marker.is_file() and marker.read_text().strip() == self._libs_stamp():
-            return
-        ensure_java()
-        if not shutil.which("mvn"):
-            apt_install("maven", why="Maven is needed once to fetch the Kafka jars")
-        tmp = STACK / f".kafka-libs-{self.version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        log(f"fetching Kafka {self.version} jars with Maven into {rel(self.libs)} (first run only) ...")
-        cmd = [
-            "mvn",
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            f"-Dkafka.version={self.version}",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={tmp}",
-        ]
-        r = subprocess.run(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if r.returncode != 0 or not any(tmp.glob(f"kafka_2.13-{self.version}.jar")):
-            shutil.rmtree(tmp, ignore_errors=True)
-            die(f"Maven could not fetch Kafka {self.version} (exit {r.returncode}):\n{r.stdout[-4000:]}")
-        shutil.rmtree(self.libs, ignore_errors=True)
-        tmp.rename(self.libs)
-        marker.write_text(self._libs_stamp() + "\n")
-
-    def java_base(self) -> list[str]:
-        return [
-            java_bin(),
-            "-cp",
-            str(self.libs / "*"),
-            f"-Dlog4j2.configurationFile={LOG4J}",
-            f"-Dkafka.logs.dir={self.logs}",
-        ]
-
-    # -- config -----------------------------------------------------------------------------
-    def write_config(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        cfg = f"""# Generated by compose/local/stack.py on every start - edit the script, not this file.
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={HOST}:{self.controller_port}
-listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}
-advertised.listeners=PLAINTEXT://{HOST}:{self.port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={self.data}
-num.partitions=6
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
-# After a kill -9 the restarted broker must wait for its old registration's session to expire
-# (default 9 s); a shorter session makes crash/restart fault-injection tests faster.
-broker.session.timeout.ms=4000
-broker.heartbeat.interval.ms=1000
-auto.create.topics.enable=true
-delete.topic.enable=true
-log.retention.hours=168
-"""
-        if not self.props.exists() or self.props.read_text() != cfg:
-            self.props.write_text(cfg)
-
-    def ensure_formatted(self) -> None:
-        # (A later change of STACK_KAFKA_CONTROLLER_PORT is fine for this single-voter quorum: checked.)
-        if (self.data / "meta.properties").is_file():
-            return
-        shutil.rmtree(self.data, ignore_errors=True)
-        cluster_id = random_kafka_uuid()
-        log(f"formatting KRaft storage (cluster id {cluster_id}) ...")
-        r = subprocess.run(
-            [
-                *self.java_base(),
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                cluster_id,
-                "-c",
-                str(self.props),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        if r.returncode != 0:
-            die(f"kafka StorageTool format failed (exit {r.returncode}):\n{r.stdout[-3000:]}")
-
-    # -- state ------------------------------------------------------------------------------
-    def ports(self) -> list[Port]:
-        return [
-            Port(self.port, "Kafka broker", "STACK_KAFKA_PORT"),
-            Port(self.controller_port, "Kafka KRaft controller", "STACK_KAFKA_CONTROLLER_PORT"),
-        ]
 
     def pids(self) -> list[int]:
-        """Our broker JVM(s): the pid file's process if its argv names our server.properties, plus orphans."""
+        """Its JVM(s): the pid file's process if its argv names our server.properties, plus orphans."""
         found = set(find_pids("kafka.Kafka", str(self.props)))
         pid = read_pid(self.pidfile)
         if pid and (argv := proc_cmdline(pid)) and str(self.props) in argv:
@@ -187,94 +65,279 @@ log.retention.hours=168
         except (OSError, ValueError):
             return self.port
 
-    def healthy(self) -> bool:
+    def cluster_id(self) -> str | None:
+        """The cluster id its storage was formatted with (None: not formatted)."""
         try:
-            return bool(kafka_probe(self.running_port(), timeout=2.0))
+            text = (self.data / "meta.properties").read_text()
+        except OSError:
+            return None
+        m = re.search(r"^cluster\.id=(\S+)", text, re.M)
+        return m.group(1) if m else None
+
+
+class Kafka(Service):
+    name = label = "kafka"
+    title = "Kafka"
+    env_var = "STACK_KAFKA_BOOTSTRAP"
+    no_answer = "no Metadata answer"
+
+    def __init__(self) -> None:
+        self.version = os.environ.get("STACK_KAFKA_VERSION", "").strip() or pom_property("kafka.version")
+        # Below Linux's ephemeral range (32768-60999): a service port inside it can
+        # be taken, while the service is down, by a client's own outgoing socket
+        # (even a TCP self-connect to that very port), and the restart then fails
+        # with "address already in use".
+        self.port = env_port("STACK_KAFKA_PORT", 29092)
+        self.controller_port = env_port("STACK_KAFKA_CONTROLLER_PORT", 29093)
+        # Node i (from 1) listens on STACK_KAFKA_PORT + 2(i-1) and STACK_KAFKA_CONTROLLER_PORT + 2(i-1).
+        addresses = [
+            NodeAddress(i + 1, self.port + 2 * i, self.controller_port + 2 * i) for i in range(BROKERS)
+        ]
+        ports = [p for a in addresses for p in (a.port, a.controller_port)]
+        if len(set(ports)) != len(ports):
+            die(
+                "STACK_KAFKA_PORT and STACK_KAFKA_CONTROLLER_PORT must differ"
+                + (f" (and, for {BROKERS} nodes, so must each + 2 and + 4)" if BROKERS > 1 else "")
+            )
+        if BROKERS == 1:
+            self.nodes = [KafkaNode(addresses[0], STACK / "kafka")]
+        else:
+            self.nodes = [KafkaNode(a, STACK / f"kafka-{a.id}") for a in addresses]
+        self.security = Security() if SECURE else None
+        self.jars = KafkaJars(self.version)
+
+    def node(self, node_id: int) -> KafkaNode:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        die(f"--node {node_id}: this stack's Kafka nodes are 1-{len(self.nodes)}")
+
+    def java_base(self, node: KafkaNode) -> list[str]:
+        return self.jars.java_base(node.logs)
+
+    # -- config -----------------------------------------------------------------------------
+    def write_config(self, node: KafkaNode) -> None:
+        node.home.mkdir(parents=True, exist_ok=True)
+        node.logs.mkdir(parents=True, exist_ok=True)
+        cfg = server_properties(node.address, [n.address for n in self.nodes], node.data, self.security)
+        if not node.props.exists() or node.props.read_text() != cfg:
+            node.props.write_text(cfg)
+        if self.security is not None:
+            os.chmod(node.props, 0o600)  # it holds the broker's password
+
+    def ensure_formatted(self) -> None:
+        """Format the storage of every node not formatted yet, all with the cluster's one id.
+
+        One node: a dynamic quorum of itself (--standalone; a later change of the controller port is
+        fine, checked). A cluster: the static quorum of controller.quorum.voters. A secure stack's
+        SCRAM credentials go in here, with the bootstrap metadata: nothing can authenticate before.
+        """
+        todo = [n for n in self.nodes if n.cluster_id() is None]
+        if not todo:
+            return
+        known = [cid for n in self.nodes if (cid := n.cluster_id())]
+        cluster_id = known[0] if known else random_kafka_uuid()
+        which = " ".join(str(n.id) for n in todo)
+        log(f"formatting KRaft storage of node(s) {which} (cluster id {cluster_id}) ...")
+        extra = ["--standalone"] if len(self.nodes) == 1 else []
+        if self.security is not None:
+            for user in KAFKA_USERS:
+                pw = self.security.password("kafka", user)
+                extra += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]"]
+        procs = []
+        for n in todo:
+            shutil.rmtree(n.data, ignore_errors=True)
+            cmd = [*self.java_base(n), "kafka.tools.StorageTool", "format", "-t", cluster_id]
+            cmd += ["-c", str(n.props), *extra]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for p in procs:
+            out = p.communicate()[0]
+            if p.returncode != 0:
+                die(f"kafka StorageTool format failed (exit {p.returncode}):\n{out[-3000:]}")
+
+    # -- state ------------------------------------------------------------------------------
+    def ports(self) -> list[Port]:
+        out = []
+        for n in self.nodes:
+            which = f" node {n.id}" if len(self.nodes) > 1 else ""
+            out += [
+                Port(n.port, f"Kafka broker{which}", "STACK_KAFKA_PORT"),
+                Port(n.controller_port, f"Kafka KRaft controller{which}", "STACK_KAFKA_CONTROLLER_PORT"),
+            ]
+        return out
+
+    def pid(self) -> int | None:
+        pids = [p for n in self.nodes if (p := n.pid())]
+        return pids[0] if pids else None
+
+    def running_port(self) -> int:
+        return self.nodes[0].running_port()
+
+    def credentials(self) -> Credentials | None:
+        """How the stack authenticates to a secure broker (None: plaintext)."""
+        if self.security is None:
+            return None
+        return Credentials(self.security.ca, "stack-admin", self.security.password("kafka", "stack-admin"))
+
+    def node_ready(self, node: KafkaNode, *, everyone: bool = False) -> bool:
+        """Whether ``node`` answers Metadata listing itself (``everyone``: listing every node)."""
+        if self.security is not None and not self.security.passwords_file.is_file():
+            return False
+        try:
+            brokers = kafka_probe(node.running_port(), timeout=2.0, credentials=self.credentials())
         except (OSError, struct.error, IndexError):
             return False
+        listed = {b[0] for b in brokers}
+        return listed >= ({n.id for n in self.nodes} if everyone else {node.id})
+
+    def healthy(self) -> bool:
+        return all(self.node_ready(n, everyone=True) for n in self.nodes)
 
     def address(self) -> str:
-        return f"{HOST}:{self.running_port()}"
+        return ",".join(f"{HOST}:{n.running_port()}" for n in self.nodes)
 
     def stopped_address(self) -> str:
-        return self.address()  # the port of the last start while kafka.port is left (after a crash)
+        return self.address()  # the ports of the last start while kafka.port is left (after a crash)
 
     def summary(self) -> str:
-        return f"{self.address():<16} (Kafka {self.version}, KRaft)"
+        nodes = f"{len(self.nodes)} nodes" if len(self.nodes) > 1 else ""
+        what = ", ".join(w for w in ("KRaft", nodes, "SASL_SSL" if self.security else "") if w)
+        return f"{self.address():<16} (Kafka {self.version}, {what})"
+
+    def status(self) -> tuple[bool, str]:
+        if len(self.nodes) == 1:
+            return super().status()
+        states = []
+        for n in self.nodes:
+            state = "stopped" if n.pid() is None else "ready" if self.node_ready(n) else "starting"
+            states.append(f"{n.id}:{state}")
+        if all(s.endswith("ready") for s in states) and self.healthy():
+            return True, f"{self.label:<10} running   nodes {' '.join(states)}  {self.summary()}"
+        if all(s.endswith("stopped") for s in states):
+            return False, f"{self.label:<10} stopped   {self.stopped_address()}"
+        return False, f"{self.label:<10} DEGRADED  nodes {' '.join(states)}  {self.address()}"
 
     # -- lifecycle --------------------------------------------------------------------------
+    def start(self, node_id: int | None = None) -> None:
+        """Start every node that is not running (or just ``node_id``) and wait until they answer.
+
+        Nodes are launched together, then awaited together: a node of a cluster answers only once a
+        quorum of controllers runs. A whole stack is up when every node lists every node; one node
+        restarted alone is up when it lists itself.
+        """
+        nodes = self.nodes if node_id is None else [self.node(node_id)]
+        for n in nodes:
+            if n.pid() is not None and n.running_port() != n.port:
+                die(
+                    f"this stack's Kafka node {n.id} is already running on port {n.running_port()}, "
+                    f"not {n.port}; run 'python3 compose/local/stack.py stop-kafka' first"
+                )
+        down = [n for n in nodes if n.pid() is None]
+        if down:
+            self.launch_nodes(down)
+        elif not all(self.node_ready(n) for n in nodes):
+            log("Kafka is running but not answering yet; waiting ...")
+        self.wait_nodes(nodes, everyone=node_id is None)
+        if node_id is None:
+            self.provision()
+
     def launch(self) -> None:
-        self.pidfile.unlink(missing_ok=True)
-        self.check_ports_free()
-        self.ensure_libs()
-        self.write_config()
+        self.launch_nodes(self.nodes)
+        self.wait_nodes(self.nodes, everyone=True)
+
+    def launch_nodes(self, nodes: list[KafkaNode]) -> None:
+        for n in nodes:
+            n.pidfile.unlink(missing_ok=True)
+        for port in self.ports():
+            if any(port.number in (n.port, n.controller_port) for n in nodes):
+                ensure_port_free(port.number, port.what, port.env_var)
+        self.jars.ensure()
+        if self.security is not None:
+            self.security.ensure()
+        for n in self.nodes:
+            self.write_config(n)
         self.ensure_formatted()
-        log(f"starting Kafka {self.version} on {HOST}:{self.port} ...")
-        cmd = [
-            *self.java_base()[:1],
-            "-Xms256m",
-            "-Xmx512m",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true",
-            *self.java_base()[1:],
-            "kafka.Kafka",
-            str(self.props),
-        ]
-        with open(self.out, "ab") as out:
-            out.write(
-                f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting Kafka {self.version}\n".encode()
-            )
-            out.flush()
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.home,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
-        self.portfile.write_text(f"{self.port}\n")
-        self.wait_ready(proc.pid)
+        heap = ["-Xms256m", "-Xmx512m"] if len(self.nodes) == 1 else ["-Xms128m", "-Xmx256m"]
+        for n in nodes:
+            which = f" (node {n.id})" if len(self.nodes) > 1 else ""
+            log(f"starting Kafka {self.version} on {HOST}:{n.port}{which} ...")
+            java, *rest = self.java_base(n)
+            gc = ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
+            cmd = [java, *heap, *gc, *rest, "kafka.Kafka", str(n.props)]
+            with open(n.out, "ab") as out:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                out.write(f"\n===== {stamp} starting Kafka {self.version}\n".encode())
+                out.flush()
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=n.home,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            n.pidfile.write_text(f"{proc.pid}\n")
+            n.portfile.write_text(f"{n.port}\n")
 
     def wait_ready(self, pid: int) -> None:
+        self.wait_nodes(self.nodes, everyone=True)
+
+    def wait_nodes(self, nodes: list[KafkaNode], *, everyone: bool) -> None:
         timeout = float(os.environ.get("STACK_KAFKA_TIMEOUT", "90"))
         deadline = time.monotonic() + timeout
-        last_err = ""
+        waiting = list(nodes)
         while time.monotonic() < deadline:
             reap()
-            if proc_cmdline(pid) is None:
-                die(
-                    f"Kafka exited during startup. Last lines of {rel(self.out)}:\n{tail(self.out, 25)}\n"
-                    f"Last lines of {rel(self.logs / 'server.log')}:\n{tail(self.logs / 'server.log', 25)}"
-                )
-            try:
-                brokers = kafka_probe(self.port, timeout=2.0)
-                if brokers:
-                    return
-                last_err = "Metadata listed no brokers"
-            except (OSError, struct.error, IndexError) as e:
-                last_err = str(e)
+            for n in waiting:
+                if n.pid() is None:
+                    die(
+                        f"Kafka{f' node {n.id}' if len(self.nodes) > 1 else ''} exited during startup. "
+                        f"Last lines of {rel(n.out)}:\n{tail(n.out, 25)}\n"
+                        f"Last lines of {rel(n.logs / 'server.log')}:\n{tail(n.logs / 'server.log', 25)}"
+                    )
+            waiting = [n for n in waiting if not self.node_ready(n, everyone=everyone)]
+            if not waiting:
+                return
             time.sleep(0.5)
+        n = waiting[0]
         die(
-            f"Kafka (pid {pid}) did not answer a Metadata request on {HOST}:{self.port} "
-            f"within {timeout:.0f}s "
-            f"({last_err}); it is left running for inspection (stop it with 'stack.py stop-kafka'). "
-            f"Last lines of {rel(self.logs / 'server.log')}:\n{tail(self.logs / 'server.log', 30)}"
+            f"Kafka node {n.id} (pid {n.pid()}) did not answer a Metadata request listing "
+            f"{'every node' if everyone and len(self.nodes) > 1 else 'itself'} on {HOST}:{n.port} within "
+            f"{timeout:.0f}s; it is left running for inspection (stop it with 'stack.py stop-kafka'). "
+            f"Last lines of {rel(n.logs / 'server.log')}:\n{tail(n.logs / 'server.log', 30)}"
         )
 
-    def stop(self, kill: bool = False) -> None:
-        pids = self.pids()
+    def provision(self) -> None:
+        """A secure stack: the ACLs of the default namespace (acls.py)."""
+        if self.security is not None:
+            self.grant(DEFAULT_TOPIC_PREFIX, DEFAULT_GROUP_PREFIX)
+
+    def grant(self, topic_prefix: str, group_prefix: str) -> None:
+        credentials = self.credentials()
+        if credentials is None:
+            die("ACLs need a secure stack (STACK_SECURE=1): a plaintext stack authorizes everything")
+        ready = [n for n in self.nodes if self.node_ready(n)]
+        if not ready:
+            die("Kafka is not running; run 'stack.py up' first")
+        try:
+            create_acls(ready[0].running_port(), credentials, tracker_acls(topic_prefix, group_prefix))
+        except (OSError, struct.error, IndexError) as e:
+            die(f"cannot create ACLs on {HOST}:{ready[0].running_port()}: {e}")
+
+    def stop(self, kill: bool = False, node_id: int | None = None) -> None:
+        nodes = self.nodes if node_id is None else [self.node(node_id)]
+        pids = [p for n in nodes for p in n.pids()]
         if pids:
             log(f"stopping Kafka (pid {' '.join(map(str, pids))}){' with SIGKILL' if kill else ''} ...")
             terminate(pids, "Kafka", timeout=30, first_signal=signal.SIGKILL if kill else signal.SIGTERM)
-        self.pidfile.unlink(missing_ok=True)
-        self.portfile.unlink(missing_ok=True)
+        for n in nodes:
+            n.pidfile.unlink(missing_ok=True)
+            n.portfile.unlink(missing_ok=True)
 
     def wipe(self) -> None:
-        shutil.rmtree(self.home, ignore_errors=True)
+        for n in self.nodes:
+            shutil.rmtree(n.home, ignore_errors=True)
 
 
 def random_kafka_uuid() -> str:
@@ -282,15 +345,3 @@ def random_kafka_uuid() -> str:
         s = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not s.startswith("-"):
             return s
-
-
-def java_bin() -> str:
-    jh = os.environ.get("JAVA_HOME")
-    if jh and (Path(jh) / "bin" / "java").is_file():
-        return str(Path(jh) / "bin" / "java")
-    return shutil.which("java") or "java"
-
-
-def ensure_java() -> None:
-    if not shutil.which("java") and not (os.environ.get("JAVA_HOME") and Path(java_bin()).is_file()):
-        apt_install("openjdk-17-jre-headless", why="Kafka needs Java 17+")
