@@ -48,8 +48,12 @@ def tracker_argv(*args: str) -> list[str]:
 
 def tracker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The production way to configure a worker: this process's environment
-    without its own ``TRACKER_*`` variables, and ``settings`` as ``TRACKER_*``."""
+    without its own ``TRACKER_*`` variables, and ``settings`` as ``TRACKER_*``
+    (the ones below always, any other where it is not the default: security,
+    replication, pool size, ...)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_")}
+    defaults = Settings().to_env()
+    env.update({k: v for k, v in settings.to_env().items() if v != defaults[k]})
     env.update(
         TRACKER_KAFKA_BOOTSTRAP=settings.kafka.bootstrap,
         TRACKER_DATABASE_URL=settings.database.url.get(),

@@ -174,6 +174,10 @@ class DatabaseSettings(_Group):
     # ``disable`` | ``allow`` | ``prefer`` | ``require`` | ``verify-ca`` |
     # ``verify-full``; empty means whatever the DSN says.
     sslmode: str = field(default="", metadata=_env("TRACKER_DATABASE_SSLMODE"))
+    # The CA file that verify-ca and verify-full check the server's certificate
+    # against (libpq's sslrootcert; the other modes verify nothing, so they do
+    # not read it); empty means the system's trust store.
+    sslrootcert: str = field(default="", metadata=_env("TRACKER_DATABASE_SSLROOTCERT"))
     # The most connections one process's pool opens (workers, queries, API).
     pool_size: int = field(default=4, metadata=_env("TRACKER_DATABASE_POOL_SIZE"))
     # How long a worker waits for PostgreSQL at start-up before it gives up
@@ -289,6 +293,21 @@ class Settings:
         """Each group checks itself when built; this checks them all again."""
         for g in dataclasses.fields(self):
             getattr(self, g.name).validate()
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the text of its ``TRACKER_*`` variable, secrets
+        revealed: how a process hands its settings to a child process (never
+        to a log; :meth:`dump` is for showing them)."""
+        out = {}
+        for name, (group, f) in _FIELDS.items():
+            value = getattr(getattr(self, group), f.name)
+            if isinstance(value, Secret):
+                out[name] = value.get()
+            elif isinstance(value, bool):
+                out[name] = "1" if value else "0"
+            else:
+                out[name] = str(value)
+        return out
 
     def dump(self) -> list[tuple[str, str]]:
         """``(NAME, value)`` pairs with every secret masked, for ``tracker config``."""

@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tracker import events as ev
-from tracker.adapters.kafka import ensure_topics, make_producer, messaging_attributes
+from tracker.adapters.kafka import broker_error, ensure_topics, make_producer, messaging_attributes
 from tracker.codec import CONTENT_TYPE, FrameEventCodec
 from tracker.config import Settings
 from tracker.domain import Frame, FrameError, ProcessingStage, ProcessingState
@@ -76,7 +76,7 @@ class FramePublisher:
             await self._producer.start()
         except KafkaError as e:
             await self._producer.stop()
-            raise BrokerError(f"cannot start producer: {e}", retriable=e.retriable) from e
+            raise await broker_error(self.settings.kafka, "cannot start producer", e) from e
         self._started = True
 
     def hold(self, task: asyncio.Task[Any]) -> None:

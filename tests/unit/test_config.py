@@ -41,6 +41,7 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
     ("TRACKER_GROUP_PREFIX", "groups.prefix", "g", "g"),
     ("TRACKER_DATABASE_URL", "database.url", "postgresql://u:p@h/db", Secret("postgresql://u:p@h/db")),
     ("TRACKER_DATABASE_SSLMODE", "database.sslmode", "verify-full", "verify-full"),
+    ("TRACKER_DATABASE_SSLROOTCERT", "database.sslrootcert", "/ca.pem", "/ca.pem"),
     ("TRACKER_DATABASE_POOL_SIZE", "database.pool_size", "9", 9),
     ("TRACKER_STARTUP_TIMEOUT_S", "database.startup_timeout_s", "5", 5),
     (
@@ -189,6 +190,17 @@ def test_dump_shows_every_variable_with_its_value() -> None:
     assert dumped["TRACKER_INSTANCE_ID"] == "pod-3"
     assert dumped["TRACKER_API_TOKEN"] == ""  # an empty secret shows as empty
     assert len(dumped) == len(VARIABLES)
+
+
+def test_to_env_hands_every_setting_to_a_child_process() -> None:
+    """What a parent passes to a worker it starts: each variable's text,
+    secrets included, read back into the very same settings."""
+    s = Settings.from_env({name: text for name, _, text, _ in VARIABLES})
+    env = s.to_env()
+    assert list(env) == [name for name, *_ in VARIABLES]
+    assert env["TRACKER_KAFKA_SASL_PASSWORD"] == "pw" and env["TRACKER_API_TOKEN"] == "tok"
+    assert Settings.from_env(env) == s
+    assert Settings.from_env(Settings().to_env()) == Settings()
 
 
 @pytest.mark.parametrize(("name", "path", "text", "value"), VARIABLES, ids=[v[0] for v in VARIABLES])

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
 import asyncpg
 import pytest
 
-from tracker.adapters.postgres import call_db, translate
-from tracker.errors import DatabaseUnavailable, StorageError
+from tracker.adapters.postgres import _ssl_arg, call_db, translate
+from tracker.config import DatabaseSettings
+from tracker.errors import ConfigError, DatabaseUnavailable, StorageError
 
 
 @pytest.mark.parametrize(
@@ -35,3 +41,35 @@ async def test_call_db_translates_what_escapes_the_driver() -> None:
 
     with pytest.raises(DatabaseUnavailable):
         await call_db(boom)
+
+
+def test_an_untrusted_certificate_is_reported_not_waited_out() -> None:
+    """A server whose certificate the CA file does not vouch for will not be
+    trusted by waiting: the worker must stop at once, saying so."""
+    e = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    e.verify_message = "unable to get local issuer certificate"
+    err = translate(e)
+    assert type(err) is StorageError and not err.retriable
+    assert str(err) == "the database's TLS certificate is not trusted: unable to get local issuer certificate"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a CA")
+def test_verify_full_trusts_the_root_certificate_it_is_given(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA"]
+        + ["-keyout", str(tmp_path / "ca.key"), "-out", str(ca)],
+        check=True,
+        capture_output=True,
+    )
+    ctx = _ssl_arg(DatabaseSettings(sslmode="verify-full", sslrootcert=str(ca)))
+    assert isinstance(ctx, ssl.SSLContext) and ctx.check_hostname
+    assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "test CA"),),)]
+    verify_ca = _ssl_arg(DatabaseSettings(sslmode="verify-ca", sslrootcert=str(ca)))
+    assert not verify_ca.check_hostname and verify_ca.verify_mode == ssl.CERT_REQUIRED
+    assert _ssl_arg(DatabaseSettings(sslmode="require", sslrootcert=str(ca))) == "require"
+
+
+def test_a_missing_root_certificate_is_a_setting_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"TRACKER_DATABASE_SSLROOTCERT .*No such file"):
+        _ssl_arg(DatabaseSettings(sslmode="verify-full", sslrootcert=str(tmp_path / "nope.pem")))

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiokafka.errors import NotEnoughReplicasError, TopicAuthorizationFailedError
 
 import tracker.adapters.kafka as kafka
 from tracker.adapters.kafka import (
@@ -20,7 +21,8 @@ from tracker.adapters.kafka import (
     messaging_attributes,
     server_address,
 )
-from tracker.config import KafkaSettings, Settings
+from tracker.config import KafkaSettings, Secret, Settings
+from tracker.errors import ConfigError
 
 
 def test_client_id_names_the_role_and_the_instance() -> None:
@@ -104,3 +106,24 @@ async def test_the_publishers_name_their_roles(built: list[tuple[str, dict[str, 
     FramePublisher(s, producer_name="processor")
     DeadLetterPublisher(s.kafka, s.topics.dlq)
     assert [kw["client_id"] for _, kw in built] == ["tracker-publisher-processor-i1", "tracker-dlq-i1"]
+
+
+def test_a_missing_tls_file_is_a_setting_to_fix(tmp_path: Any) -> None:
+    broker = KafkaSettings(security_protocol="SASL_SSL", ssl_cafile=str(tmp_path / "nope.pem"))
+    with pytest.raises(ConfigError, match=r"TRACKER_KAFKA_SSL_\*.*No such file"):
+        kafka.client_kwargs(broker)
+
+
+async def test_a_refusal_by_the_broker_says_who_was_refused() -> None:
+    """Authorization failures and other broker errors become one line each,
+    naming the principal; no password in it."""
+    broker = KafkaSettings(sasl_username="tracker-publisher", sasl_password=Secret("pw-123"))
+    denied = await kafka.broker_error(broker, "cannot fetch", TopicAuthorizationFailedError("t.camera"))
+    assert str(denied) == (
+        "cannot fetch: principal 'tracker-publisher' is not authorized: "
+        "[Error 29] TopicAuthorizationFailedError: t.camera"
+    )
+    assert not denied.retriable
+    other = await kafka.broker_error(KafkaSettings(), "cannot fetch", NotEnoughReplicasError("p0"))
+    assert str(other) == "cannot fetch: [Error 19] NotEnoughReplicasError: p0" and other.retriable
+    assert "pw-123" not in str(denied) + str(other)

@@ -20,10 +20,20 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from tracker.config import BatchSettings, KafkaSettings, TopicSettings
-from tracker.errors import BrokerError
+from tracker.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +82,13 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
         "security_protocol": kafka.security_protocol,
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
-        if kafka.ssl_certfile:
-            ctx.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile or None)
+        try:
+            ctx = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
+            if kafka.ssl_certfile:
+                ctx.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile or None)
+        except (OSError, ssl.SSLError) as e:
+            reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or e)
+            raise ConfigError(f"Kafka TLS files (TRACKER_KAFKA_SSL_*): {reason}") from None
         kw["ssl_context"] = ctx
     if kafka.sasl_mechanism:
         kw["sasl_mechanism"] = kafka.sasl_mechanism
@@ -176,7 +190,11 @@ async def ensure_topics(
     kafka: KafkaSettings, topics: TopicSettings, names: Iterable[str], *, partitions: int | None = None
 ) -> list[str]:
     """Create the topics ``names`` that are missing (with ``topics``' partitions,
-    unless ``partitions`` says otherwise, and replication factor); return the ones created."""
+    unless ``partitions`` says otherwise, and replication factor); return the ones created.
+
+    A topic the principal may not describe looks missing; creating it then
+    fails as not authorized, which is raised like any refusal by the broker
+    (CreateTopics answers per topic, and aiokafka raises none of them)."""
     wanted = list(dict.fromkeys(names))
     admin = make_admin(kafka)
     try:
@@ -192,16 +210,73 @@ async def ensure_topics(
                 )
                 for t in missing
             ]
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
+            response = await admin.create_topics(new)
+            for topic, code, *message in response.topic_errors:
+                error = for_code(code)
+                if code and error is not TopicAlreadyExistsError:  # exists: another process won the race
+                    detail = f" ({message[0]})" if message and message[0] else ""
+                    raise error(f"cannot create topic {topic}{detail}")
             log.info("created topics %s", missing)
         return missing
     except KafkaError as e:
-        raise BrokerError(f"cannot ensure topics {wanted}: {e}", retriable=e.retriable) from e
+        raise await broker_error(kafka, f"cannot ensure topics {wanted}", e) from e
     finally:
         await admin.close()
+
+
+async def broker_error(kafka: KafkaSettings, doing: str, e: KafkaError) -> BrokerError:
+    """``e`` as one line that says what went wrong, without a secret: why no
+    broker could be reached (aiokafka only logs it), or who was refused what."""
+    if isinstance(e, KafkaConnectionError):
+        reason = await unreachable_reason(kafka)
+        return BrokerError(f"cannot reach Kafka at {kafka.bootstrap}: {reason}", retriable=True)
+    if isinstance(e, AUTHORIZATION_ERRORS):
+        who = f"principal {kafka.sasl_username!r}" if kafka.sasl_username else "this client"
+        return BrokerError(f"{doing}: {who} is not authorized: {_text(e)}")
+    return BrokerError(f"{doing}: {_text(e)}", retriable=e.retriable)
+
+
+def _text(e: KafkaError) -> str:
+    """The error's class and message, once (a broker's error names its class itself)."""
+    text = str(e)
+    return text if type(e).__name__ in text else f"{type(e).__name__}: {text}"
+
+
+AUTHORIZATION_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+async def unreachable_reason(kafka: KafkaSettings) -> str:
+    """Why the first bootstrap server does not take a client: one connection
+    attempt of our own, made as every client of the project makes it."""
+    host, port = server_address(kafka)
+    kw = client_kwargs(kafka)
+    try:
+        conn = await create_conn(
+            host,
+            port,
+            client_id=client_id(kafka, "probe"),
+            request_timeout_ms=5_000,
+            ssl_context=kw.get("ssl_context"),
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=kafka.sasl_mechanism or "PLAIN",
+            sasl_plain_username=kafka.sasl_username or None,
+            sasl_plain_password=kafka.sasl_password.get() or None,
+        )
+    except ssl.SSLCertVerificationError as e:
+        return f"the broker's TLS certificate is not trusted ({e.verify_message}; TRACKER_KAFKA_SSL_CAFILE)"
+    except SaslAuthenticationFailed:
+        return (
+            f"SASL {kafka.sasl_mechanism} authentication failed for {kafka.sasl_username!r} "
+            "(wrong username or password)"
+        )
+    except (TimeoutError, OSError, KafkaError) as e:
+        return f"{type(e).__name__}: {e}"
+    conn.close()
+    return "no bootstrap server answered a metadata request"
 
 
 async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
@@ -211,7 +286,7 @@ async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[
         await admin.start()
         described = await admin.describe_topics(list(topics))
     except KafkaError as e:
-        raise BrokerError(f"cannot describe topics: {e}", retriable=e.retriable) from e
+        raise await broker_error(kafka, "cannot describe topics", e) from e
     finally:
         await admin.close()
     out = []

@@ -23,7 +23,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from tracker.config import DatabaseSettings
-from tracker.errors import DatabaseUnavailable, MigrationError, StorageError
+from tracker.errors import ConfigError, DatabaseUnavailable, MigrationError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ def translate(e: BaseException) -> StorageError:
     if isinstance(e, StorageError):
         return e
     sqlstate = getattr(e, "sqlstate", None)
+    if isinstance(e, ssl_module.SSLCertVerificationError):
+        # The server's certificate is not one we trust: a setting to fix, not an outage to wait out.
+        return StorageError(f"the database's TLS certificate is not trusted: {e.verify_message}")
     if isinstance(e, (OSError, asyncio.TimeoutError, ConnectionError)):
         return DatabaseUnavailable(f"database unreachable: {type(e).__name__}: {e}")
     if isinstance(e, asyncpg.InterfaceError):
@@ -122,13 +125,20 @@ async def retry_while_unavailable(
 
 
 def _ssl_arg(database: DatabaseSettings) -> Any:
+    """asyncpg's ``ssl`` argument. The verifying modes get a context of our own,
+    trusting ``sslrootcert`` (else the system's CAs): given a context, asyncpg
+    ignores the DSN's ``sslrootcert`` and ``PGSSLROOTCERT``."""
     mode = database.sslmode
     if not mode:
         return None
     if mode == "disable":
         return False
     if mode in ("verify-ca", "verify-full"):
-        ctx = ssl_module.create_default_context()
+        try:
+            ctx = ssl_module.create_default_context(cafile=database.sslrootcert or None)
+        except (OSError, ssl_module.SSLError) as e:
+            reason = f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or e)
+            raise ConfigError(f"TRACKER_DATABASE_SSLROOTCERT {database.sslrootcert}: {reason}") from None
         ctx.check_hostname = mode == "verify-full"
         return ctx
     return mode  # asyncpg understands allow / prefer / require

@@ -38,6 +38,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "config": admin.cmd_config,
     "migrate": admin.cmd_migrate,
+    "topics": admin.cmd_topics,
     "simulate": workers.cmd_simulate,
     "consume": workers.cmd_consume,
     "dlq": admin.cmd_dlq,

@@ -1,4 +1,4 @@
-"""Running the system: ``config``, ``migrate``, ``retention``, ``dlq``, ``serve``."""
+"""Running the system: ``config``, ``migrate``, ``topics``, ``retention``, ``dlq``, ``serve``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
         {"applied": report.applied, "already_applied": report.already, "timescaledb": report.timescaledb},
         text,
     )
+
+
+async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    """Create the tracker's topics if missing. Workers and publishers create
+    them too, but where they may not (a secure cluster's ACLs give topic
+    creation to an admin principal only), this is the step that does."""
+    from tracker.adapters.kafka import ensure_topics
+
+    topics = settings.topics
+    names = [*topics.events, topics.dlq]
+    created = await ensure_topics(settings.kafka, topics, names)
+    there = [n for n in names if n not in created]
+    how = f"{topics.partitions} partitions, replication factor {topics.replication_factor}"
+    lines = [f"created {', '.join(created)} ({how})"] if created else []
+    lines += [f"already there: {', '.join(there)}"] if there else []
+    return emit(args, {"created": created, "existing": there}, "\n".join(lines))
 
 
 async def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     m = sub.add_parser("migrate", help="apply the sql/ migrations")
     m.add_argument("--json", action="store_true")
+    t = sub.add_parser("topics", help="create the tracker's topics (camera, processing, dlq) if missing")
+    t.add_argument("--json", action="store_true")
 
     s = sub.add_parser("simulate", help="simulated camera and processor services")
     s.add_argument("--cameras", type=_positive_int, default=3)

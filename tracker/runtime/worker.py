@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Gauge
 
 from tracker import metrics
-from tracker.adapters.kafka import ensure_topics, make_consumer, next_batch
+from tracker.adapters.kafka import broker_error, ensure_topics, make_consumer, next_batch
 from tracker.adapters.postgres import connect_pool, retry_while_unavailable
 from tracker.adapters.progress import ProgressSampler, periodically
 from tracker.config import Settings
@@ -192,7 +192,10 @@ class KafkaWorker(ABC, Generic[P]):
             consumer.subscribe(list(self.topics), listener=_Rebalance(self))
             stack.push_async_callback(self._close_consumer)
             self._consumer = consumer
-            await consumer.start()
+            try:
+                await consumer.start()
+            except KafkaError as e:
+                raise await broker_error(self.settings.kafka, f"{self.kind} cannot start", e) from e
             # Lag also refreshes on a timer: a stalled or paused worker (no
             # batches) is exactly when lag alerts need fresh numbers.
             self.spawn(periodically(self.update_lag, 5.0))
@@ -262,7 +265,10 @@ class KafkaWorker(ABC, Generic[P]):
         async with WriteBehind[bool]() as behind:
             while not self._stopping.is_set():
                 self._raise_background_failure()
-                batch = await next_batch(consumer, self.settings.batch, stopping=self._stopping)
+                try:
+                    batch = await next_batch(consumer, self.settings.batch, stopping=self._stopping)
+                except KafkaError as e:  # e.g. not authorized to read: one line that says so
+                    raise await broker_error(self.settings.kafka, f"{self.kind} cannot fetch", e) from e
                 if batch:
                     t0 = time.perf_counter()
                     prepared = self.prepare(batch)
