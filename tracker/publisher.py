@@ -23,7 +23,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tracker import events as ev
-from tracker.adapters.kafka import broker_error, ensure_topics, make_producer, messaging_attributes
+from tracker.adapters.kafka import (
+    broker_error,
+    ensure_topics,
+    make_producer,
+    messaging_attributes,
+    refusal,
+)
 from tracker.codec import CONTENT_TYPE, FrameEventCodec
 from tracker.config import Settings
 from tracker.domain import Frame, FrameError, ProcessingStage, ProcessingState
@@ -166,7 +172,8 @@ class FramePublisher:
                 _end_failed(span, exc)
                 if not delivery.done():
                     retriable = bool(getattr(exc, "retriable", False))
-                    err = BrokerError(f"publish to {topic} failed: {exc}", retriable=retriable)
+                    reason = refusal(self.settings.kafka, exc)
+                    err = BrokerError(f"publish to {topic} failed: {reason}", retriable=retriable)
                     err.__cause__ = exc
                     delivery.set_exception(err)
                 return

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from tests.support.certificates import make_ca
 from tracker.adapters.postgres import _ssl_arg, call_db, translate
 from tracker.config import DatabaseSettings
 from tracker.errors import ConfigError, DatabaseUnavailable, StorageError
@@ -55,13 +55,7 @@ def test_an_untrusted_certificate_is_reported_not_waited_out() -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a CA")
 def test_verify_full_trusts_the_root_certificate_it_is_given(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test CA"]
-        + ["-keyout", str(tmp_path / "ca.key"), "-out", str(ca)],
-        check=True,
-        capture_output=True,
-    )
+    ca = make_ca(tmp_path, "test CA")
     ctx = _ssl_arg(DatabaseSettings(sslmode="verify-full", sslrootcert=str(ca)))
     assert isinstance(ctx, ssl.SSLContext) and ctx.check_hostname
     assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "test CA"),),)]

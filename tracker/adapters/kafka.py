@@ -194,34 +194,51 @@ async def ensure_topics(
 
     A topic the principal may not describe looks missing; creating it then
     fails as not authorized, which is raised like any refusal by the broker
-    (CreateTopics answers per topic, and aiokafka raises none of them)."""
+    (CreateTopics answers per topic, and aiokafka raises none of them).
+
+    No broker answering at all fails at once, saying why. Once one has
+    answered, retriable errors are retried for a while: in a cluster with a
+    broker down, the metadata may still name that broker (as the controller,
+    say) until the cluster has fenced it, a few seconds."""
     wanted = list(dict.fromkeys(names))
     admin = make_admin(kafka)
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            new = [
-                NewTopic(
-                    t,
-                    num_partitions=partitions or topics.partitions,
-                    replication_factor=topics.replication_factor,
-                )
-                for t in missing
-            ]
-            response = await admin.create_topics(new)
-            for topic, code, *message in response.topic_errors:
-                error = for_code(code)
-                if code and error is not TopicAlreadyExistsError:  # exists: another process won the race
-                    detail = f" ({message[0]})" if message and message[0] else ""
-                    raise error(f"cannot create topic {topic}{detail}")
-            log.info("created topics %s", missing)
-        return missing
+        deadline = asyncio.get_running_loop().time() + _RETRY_TOPICS_S
+        while True:
+            try:
+                return await _create_missing(admin, topics, wanted, partitions)
+            except KafkaError as e:
+                if not e.retriable or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("cannot ensure topics yet (%s); retrying", _text(e))
+                await asyncio.sleep(1.0)
     except KafkaError as e:
         raise await broker_error(kafka, f"cannot ensure topics {wanted}", e) from e
     finally:
         await admin.close()
+
+
+_RETRY_TOPICS_S = 20.0
+
+
+async def _create_missing(
+    admin: AIOKafkaAdminClient, topics: TopicSettings, wanted: list[str], partitions: int | None
+) -> list[str]:
+    existing = set(await admin.list_topics())
+    missing = [t for t in wanted if t not in existing]
+    if not missing:
+        return []
+    count, replicas = partitions or topics.partitions, topics.replication_factor
+    new = [NewTopic(t, num_partitions=count, replication_factor=replicas) for t in missing]
+    response = await admin.create_topics(new)
+    for topic, code, *message in response.topic_errors:
+        error = for_code(code)
+        if code and error is not TopicAlreadyExistsError:  # exists: another process won the race
+            detail = f" ({message[0]})" if message and message[0] else ""
+            raise error(f"cannot create topic {topic}{detail}")
+    log.info("created topics %s", missing)
+    return missing
 
 
 async def broker_error(kafka: KafkaSettings, doing: str, e: KafkaError) -> BrokerError:
@@ -231,9 +248,16 @@ async def broker_error(kafka: KafkaSettings, doing: str, e: KafkaError) -> Broke
         reason = await unreachable_reason(kafka)
         return BrokerError(f"cannot reach Kafka at {kafka.bootstrap}: {reason}", retriable=True)
     if isinstance(e, AUTHORIZATION_ERRORS):
-        who = f"principal {kafka.sasl_username!r}" if kafka.sasl_username else "this client"
-        return BrokerError(f"{doing}: {who} is not authorized: {_text(e)}")
+        return BrokerError(f"{doing}: {refusal(kafka, e)}")
     return BrokerError(f"{doing}: {_text(e)}", retriable=e.retriable)
+
+
+def refusal(kafka: KafkaSettings, e: BaseException) -> str:
+    """Who the broker refused, and what (an authorization error), or just the error."""
+    if not isinstance(e, AUTHORIZATION_ERRORS):
+        return str(e)
+    who = f"principal {kafka.sasl_username!r}" if kafka.sasl_username else "this client"
+    return f"{who} is not authorized: {_text(e)}"
 
 
 def _text(e: KafkaError) -> str:

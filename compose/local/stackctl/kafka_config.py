@@ -65,6 +65,10 @@ auto.create.topics.enable={"false" if security else "true"}
 delete.topic.enable=true
 log.retention.hours=168
 """
+    if len(nodes) > 1:
+        # Each node has a 256 MB heap; the log cleaner allocates its dedupe buffer (128 MB by
+        # default) on it at start, which then fails now and then (OutOfMemoryError after a SIGKILL).
+        cfg += "log.cleaner.dedupe.buffer.size=16777216\n"
     if security is not None:
         cfg += secure_properties(security)
     return cfg
