@@ -6,12 +6,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
-STACK  := $(PYTHON) compose/local/stack.py
+# make stack-up BROKERS=3 (a three-broker cluster), SECURE=1 (SASL/SCRAM over TLS, ACLs, PostgreSQL
+# over TLS); the same for stack-down and stack-status. compose/local/README.md, "Modes".
+BROKERS ?=
+SECURE ?=
+STACK  := $(if $(BROKERS),STACK_BROKERS=$(BROKERS)) $(if $(SECURE),STACK_SECURE=$(SECURE)) $(PYTHON) compose/local/stack.py
 PYTEST_ARGS ?=
 NPM    ?= npm
 TS_HARNESS := tests/timescale/node_modules/.package-lock.json
 
-.PHONY: install stack-up stack-down stack-status migrate demo test test-unit lint bench clean timescale-harness browser
+.PHONY: install stack-up stack-down stack-status migrate demo test test-unit test-cluster lint bench clean timescale-harness browser
 
 install: $(STAMP)
 
@@ -65,6 +69,11 @@ browser:
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Only the cluster tests (make test runs them too): they start and stop their own secure
+# three-broker stack, so they need no stack-up.
+test-cluster: install
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check tracker projections tests bench
 	$(VENV)/bin/mypy
@@ -76,4 +85,6 @@ bench: install stack-up
 
 clean:
 	-@$(STACK) down
+	-@for mode in STACK_BROKERS=3 STACK_SECURE=1 "STACK_BROKERS=3 STACK_SECURE=1"; do \
+		env $$mode $(PYTHON) compose/local/stack.py down; done
 	rm -rf .stack $(VENV) tests/timescale/node_modules .pytest_cache .mypy_cache .ruff_cache *.egg-info bench/results/latest.json
