@@ -12,7 +12,7 @@ import tracker.adapters.dead_letters
 import tracker.runtime.worker
 from projections.worker import ProjectionWorker
 from tracker.config import Settings
-from tracker.errors import TrackerError
+from tracker.errors import BrokerError, TrackerError
 from tracker.store.consumer import EventStoreConsumer
 
 
@@ -59,8 +59,9 @@ async def test_a_failing_start_leaves_nothing_open(
     monkeypatch.setattr(tracker.runtime.worker, "make_consumer", failing_consumer)
     before = await _connections(settings)
     worker = worker_cls(settings)
-    with pytest.raises(KafkaConnectionError):
+    with pytest.raises(BrokerError) as raised:  # the driver's error, as one line that says why
         await worker.start()
+    assert isinstance(raised.value.__cause__, KafkaConnectionError)
     assert worker.pool is None
     assert await _connections(settings) == before
     if worker_cls is EventStoreConsumer:

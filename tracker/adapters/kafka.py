@@ -244,8 +244,7 @@ async def _create_missing(
 async def broker_error(kafka: KafkaSettings, doing: str, e: KafkaError) -> BrokerError:
     """``e`` as one line that says what went wrong, without a secret: why no
     broker could be reached (aiokafka only logs it), or who was refused what."""
-    if isinstance(e, KafkaConnectionError):
-        reason = await unreachable_reason(kafka)
+    if isinstance(e, KafkaConnectionError) and (reason := await unreachable_reason(kafka)):
         return BrokerError(f"cannot reach Kafka at {kafka.bootstrap}: {reason}", retriable=True)
     if isinstance(e, AUTHORIZATION_ERRORS):
         return BrokerError(f"{doing}: {refusal(kafka, e)}")
@@ -273,9 +272,10 @@ AUTHORIZATION_ERRORS = (
 )
 
 
-async def unreachable_reason(kafka: KafkaSettings) -> str:
+async def unreachable_reason(kafka: KafkaSettings) -> str | None:
     """Why the first bootstrap server does not take a client: one connection
-    attempt of our own, made as every client of the project makes it."""
+    attempt of our own, made as every client of the project makes it (None:
+    it does take one)."""
     host, port = server_address(kafka)
     kw = client_kwargs(kafka)
     try:
@@ -300,7 +300,7 @@ async def unreachable_reason(kafka: KafkaSettings) -> str:
     except (TimeoutError, OSError, KafkaError) as e:
         return f"{type(e).__name__}: {e}"
     conn.close()
-    return "no bootstrap server answered a metadata request"
+    return None
 
 
 async def topic_partitions(kafka: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
