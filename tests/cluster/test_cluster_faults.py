@@ -178,8 +178,10 @@ async def test_group_coordinator_killed_mid_rebalance(
         await asyncio.sleep(0.1)
     await asyncio.to_thread(cluster_stack.kill_node, node)
     t_kill = time.monotonic()
-    await asyncio.sleep(5)  # fenced after broker.session.timeout.ms (4 s): coordination moves
-    moved_to = await coordinator(ns.admin, ns.admin.groups.event_store)
+    # Fenced after broker.session.timeout.ms (4 s): coordination moves with the leadership of the
+    # group's __consumer_offsets partition.
+    moved_to = await coordinator(ns.admin, ns.admin.groups.event_store, not_on=node)
+    await asyncio.sleep(max(0.0, 5 - (time.monotonic() - t_kill)))
     await asyncio.to_thread(cluster_stack.start_node, node)
     published, recovery = await _finish(ns, sim, ids, (a, b), t_kill)
     print(f"\n[coordinator] node {node} killed mid-rebalance, coordination moved to node {moved_to}")

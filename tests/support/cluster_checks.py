@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tests.integration.helpers import assert_same_projection, projection_vs_store, run_cli
 from tests.integration.procs import Proc
@@ -24,6 +27,8 @@ from tracker.config import Settings
 from tracker.errors import TrackerError
 
 from .cluster import Namespace
+
+T = TypeVar("T")
 
 
 def simulator(ns: Namespace, tmp: Path, *, seconds: float = 600, seed: str = "1") -> tuple[Proc, Path]:
@@ -85,14 +90,28 @@ async def final_checks(
     assert_same_projection(*(await projection_vs_store(ns.event_store)))
 
 
+async def _admin_call(
+    admin: Settings, call: Callable[[AIOKafkaAdminClient], Awaitable[T]], timeout: float = 30
+) -> T:
+    """``call`` on a fresh admin client, again while the errors are retriable: after a node died, the
+    client's metadata may name it (the least loaded node, say) until the cluster has fenced it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = make_admin(admin.kafka)
+        try:
+            await client.start()
+            return await call(client)
+        except KafkaError as e:
+            if not e.retriable or time.monotonic() > deadline:
+                raise
+        finally:
+            await client.close()
+        await asyncio.sleep(0.5)
+
+
 async def describe(admin: Settings) -> list[dict[str, Any]]:
     """The partitions of the namespace's event topics: leader, replicas, isr."""
-    client = make_admin(admin.kafka)
-    await client.start()
-    try:
-        topics = await client.describe_topics(list(admin.topics.events))
-    finally:
-        await client.close()
+    topics = await _admin_call(admin, lambda c: c.describe_topics(list(admin.topics.events)))
     return [dict(p, topic=t["topic"]) for t in topics for p in t["partitions"]]
 
 
@@ -100,14 +119,11 @@ async def wait_in_sync(admin: Settings, timeout: float = 60) -> None:
     """Every partition of the namespace's topics has a leader and all three replicas in sync."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            parts = await describe(admin)
-            if parts and all(p["leader"] >= 0 and sorted(p["isr"]) == [1, 2, 3] for p in parts):
-                return
-        except TrackerError:
-            pass
+        parts = await describe(admin)
+        if parts and all(p["leader"] >= 0 and sorted(p["isr"]) == [1, 2, 3] for p in parts):
+            return
         if time.monotonic() > deadline:
-            raise AssertionError(f"replicas not back in sync within {timeout}s")
+            raise AssertionError(f"replicas not back in sync within {timeout}s: {parts}")
         await asyncio.sleep(0.5)
 
 
@@ -126,11 +142,11 @@ async def busiest_leader(admin: Settings) -> tuple[int, int]:
     return load.most_common(1)[0]
 
 
-async def coordinator(admin: Settings, group: str) -> int:
-    """The node that coordinates ``group``."""
-    client = make_admin(admin.kafka)
-    await client.start()
-    try:
-        return await client.find_coordinator(group)
-    finally:
-        await client.close()
+async def coordinator(admin: Settings, group: str, *, not_on: int | None = None, timeout: float = 30) -> int:
+    """The node that coordinates ``group``; with ``not_on``, once that node no longer does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        node = await _admin_call(admin, lambda c: c.find_coordinator(group))
+        if node != not_on or time.monotonic() > deadline:
+            return node
+        await asyncio.sleep(0.5)
