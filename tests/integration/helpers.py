@@ -64,7 +64,7 @@ def run_cli(
     return proc
 
 
-async def read_topic(settings: Settings, topic: str) -> list:  # type: ignore[type-arg]
+async def read_topic(settings: Settings, topic: str) -> list:
     """Every record of a topic, from the beginning, without a group."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap, group_id=None, enable_auto_commit=False
@@ -87,14 +87,14 @@ async def read_topic(settings: Settings, topic: str) -> list:  # type: ignore[ty
     return out
 
 
-async def project_until_idle(settings: Settings):  # type: ignore[no-untyped-def]
+async def project_until_idle(settings: Settings):
     from projections.worker import ProjectionWorker
 
     async with ProjectionWorker(settings) as worker:
         return await worker.run(until_idle=True)
 
 
-async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type: ignore[type-arg]
+async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:
     """(actual, expected): the live generation's rows and rollups, and a fold of frame_events."""
     import asyncpg
 
@@ -138,22 +138,22 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
         k, r = frame_contribution(row)
         ref_f.setdefault(k, Rollup()).add(r)
     ref_s: dict = {}
-    for row in ref.stages.values():
-        k, r = stage_contribution(row)
+    for stage_row in ref.stages.values():
+        k, r = stage_contribution(stage_row)
         ref_s.setdefault(k, Rollup()).add(r)
     ref_sc = rollup_totals(ref.stages.values(), stage_camera_contribution)
 
-    def comparable(r: Rollup, counters: tuple[str, ...]) -> tuple:  # type: ignore[type-arg]
+    def comparable(r: Rollup, counters: tuple[str, ...]) -> tuple:
         *counts, latency_count, latency_sum_ms, buckets = r.as_row(counters)
         return (*counts, latency_count, round(latency_sum_ms, 3), tuple(buckets))
 
-    def frow(r: Rollup) -> tuple:  # type: ignore[type-arg]
+    def frow(r: Rollup) -> tuple:
         return comparable(r, FRAME_COUNTERS)
 
-    def srow(r: Rollup) -> tuple:  # type: ignore[type-arg]
+    def srow(r: Rollup) -> tuple:
         return comparable(r, STAGE_COUNTERS)
 
-    def stage_values(r: asyncpg.Record) -> tuple:  # type: ignore[type-arg]
+    def stage_values(r: asyncpg.Record) -> tuple:
         return (
             r["runs"],
             r["completed"],
@@ -201,7 +201,7 @@ async def projection_vs_store(settings: Settings) -> tuple[dict, dict]:  # type:
     return actual, expected
 
 
-def assert_same_projection(actual: dict, expected: dict) -> None:  # type: ignore[type-arg]
+def assert_same_projection(actual: dict, expected: dict) -> None:
     for part in ("frames", "stages", "frame_stats", "stage_stats", "stage_camera_stats", "failure_stats"):
         a, e = actual[part], expected[part]
         missing, extra = set(e) - set(a), set(a) - set(e)
