@@ -122,6 +122,8 @@ class Worker:
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     def start(self) -> Worker:
+        """Start it; again after it ended, as a new process (kill() and stop() then act on that one)."""
+        self.ended = self.returncode = self.cpu_s = None
         self._log = open(self.log_path, "ab") if self.log_path else None
         self.proc = subprocess.Popen(
             self.argv,
