@@ -17,12 +17,13 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from tests.integration.helpers import empty_database
 from tests.integration.prom import PrometheusTools, PrometheusUnavailable, find_prometheus
 from tests.integration.shipped_promql import dashboard_files, load_dashboard
 from tracker.adapters.postgres import connect, migrate
@@ -65,11 +66,6 @@ def stack(*args: str) -> None:
     )
 
 
-def _db_url(name: str) -> str:
-    parts = urlsplit(BASE.database.url.get())
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 async def _delete_topics(s: Settings) -> None:
     """Delete the test's topics (best effort): a broker that keeps every test's
     partitions for the whole suite stops and starts ever more slowly, which the
@@ -92,45 +88,25 @@ async def _delete_topics(s: Settings) -> None:
 @contextlib.asynccontextmanager
 async def fresh_settings(**overrides: object) -> AsyncIterator[Settings]:
     """A database created from the stack's and migrated, and topic and group
-    prefixes of its own; the database is dropped on exit."""
+    prefixes of its own; the database is dropped and the topics deleted on exit."""
     tag = uuid.uuid4().hex[:10]
-    dbname = f"tracker_test_{tag}"
-    admin = await asyncpg.connect(BASE.database.url.get())
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    s = Settings.from_env(
-        database_url=_db_url(dbname),
-        topic_prefix=f"t{tag}.frames",
-        group_prefix=f"t{tag}",
-        batch_timeout_ms=50,
-        **overrides,
-    )
-    conn = await connect(s.database)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
-        yield s
-    finally:
-        await _delete_topics(s)
-        admin = await asyncpg.connect(BASE.database.url.get())
+    async with empty_database() as url:
+        s = Settings.from_env(
+            database_url=url,
+            topic_prefix=f"t{tag}.frames",
+            group_prefix=f"t{tag}",
+            batch_timeout_ms=50,
+            **overrides,
+        )
+        conn = await connect(s.database)
         try:
-            drop = f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'
-            for _ in range(40):
-                try:
-                    await admin.execute(drop)
-                    break
-                except asyncpg.exceptions.InsufficientPrivilegeError:
-                    # A session of the read-only query role is still closing (a pool
-                    # closed a moment ago): FORCE may not end another role's session.
-                    await asyncio.sleep(0.25)
-            else:
-                await admin.execute(drop)
+            await migrate(conn)
         finally:
-            await admin.close()
+            await conn.close()
+        try:
+            yield s
+        finally:
+            await _delete_topics(s)
 
 
 @pytest_asyncio.fixture

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bench.workers import tracker_argv
 from bench.workers import tracker_env as env_for
+from projections.columns import FRAME_COLS, STAGE_COLS, frame_to_db, stage_to_db
+from projections.fold import ProjEvent, fold
 from tracker.adapters.kafka import topic_partitions
+from tracker.adapters.postgres import SQL_DIR, MigrationReport, migrate
 from tracker.config import Settings
 from tracker.publisher import FramePublisher
 from tracker.simulator import SimulationConfig, SimulationResult, simulate
@@ -208,3 +218,76 @@ def assert_same_projection(actual: dict, expected: dict) -> None:
         assert not missing and not extra, f"{part}: missing {list(missing)[:3]}, extra {list(extra)[:3]}"
         diff = [k for k in e if a[k] != e[k]]
         assert not diff, f"{part}: {len(diff)} rows differ, e.g. {diff[0]}:\n{a[diff[0]]}\n!=\n{e[diff[0]]}"
+
+
+# -- Databases of their own ------------------------------------------------------------
+
+
+def database_url(name: str) -> str:
+    """The stack's database URL with another database name."""
+    parts = urlsplit(Settings.from_env().database.url.get())
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@asynccontextmanager
+async def empty_database() -> AsyncIterator[str]:
+    """A fresh, empty database on the stack's server (its URL), dropped on exit."""
+    base = Settings.from_env().database.url.get()
+    name = f"tracker_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield database_url(name)
+    finally:
+        admin = await asyncpg.connect(base)
+        try:
+            drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            for _ in range(40):
+                try:
+                    await admin.execute(drop)
+                    break
+                except asyncpg.exceptions.InsufficientPrivilegeError:
+                    # A session of the read-only query role is still closing (a pool
+                    # closed a moment ago): FORCE may not end another role's session.
+                    await asyncio.sleep(0.25)
+            else:
+                await admin.execute(drop)
+        finally:
+            await admin.close()
+
+
+async def migrate_until(conn: asyncpg.Connection, directory: Path, migration: str) -> None:
+    """Apply the migrations that come before ``migration`` (e.g. ``"005_failure_rollup"``),
+    copied into ``directory``."""
+    for f in SQL_DIR.iterdir():
+        if f.name.endswith(".sql") and f.name < migration:
+            shutil.copy(str(f), directory / f.name)
+    await migrate(conn, directory)
+
+
+async def migrate_also(conn: asyncpg.Connection, directory: Path, migration: str) -> MigrationReport:
+    """Apply ``migration`` itself after :func:`migrate_until` (later ones may follow it in SQL_DIR)."""
+    shutil.copy(str(SQL_DIR / f"{migration}.sql"), directory / f"{migration}.sql")
+    return await migrate(conn, directory)
+
+
+async def store_generation(conn: asyncpg.Connection, generation: int, events: Iterable[ProjEvent]) -> None:
+    """Write the reference fold of ``events`` as ``generation``'s frame and stage rows
+    (their days' partitions first), as an existing generation holds them."""
+    folded = fold(sorted(events, key=lambda e: e.order_key))
+    stamps = [r.frame_timestamp for r in folded.frames.values()]
+    for t in (f"frame_metadata_g{generation}", f"processing_stages_g{generation}"):
+        await conn.execute("SELECT tracker_ensure_partitions($1, $2, $3)", t, min(stamps), max(stamps))
+    await conn.copy_records_to_table(
+        f"frame_metadata_g{generation}",
+        records=[frame_to_db(r) for r in folded.frames.values()],
+        columns=FRAME_COLS,
+    )
+    await conn.copy_records_to_table(
+        f"processing_stages_g{generation}",
+        records=[stage_to_db(r) for r in folded.stages.values()],
+        columns=STAGE_COLS,
+    )

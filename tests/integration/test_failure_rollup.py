@@ -5,10 +5,7 @@ migration fills it for the generations that exist when it runs."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,25 +15,23 @@ import asyncpg
 
 from projections.columns import (
     FAILURE_COLS,
-    FRAME_COLS,
-    STAGE_COLS,
     failure_from_db,
-    frame_to_db,
-    stage_to_db,
 )
-from projections.fold import ProjEvent, failure_totals, fold
+from projections.fold import ProjEvent, failure_totals
 from projections.store import frame_from_db, stage_from_db
-from tests.integration.conftest import BASE, _db_url
 from tests.integration.helpers import (
     assert_same_projection,
     consume_until_idle,
+    empty_database,
+    migrate_also,
+    migrate_until,
     project_until_idle,
     projection_vs_store,
     publish_simulation,
+    store_generation,
 )
 from tests.support.projection_store_contract import comparable_failures, failure_history
 from tracker import events as ev
-from tracker.adapters.postgres import SQL_DIR, migrate
 from tracker.config import Settings
 from tracker.publisher import FramePublisher
 from tracker.queries import FrameTrackingQueries, shaping
@@ -193,25 +188,6 @@ async def test_failure_analysis_equals_one_computed_from_frame_events(settings: 
     assert_same_projection(*(await projection_vs_store(settings)))
 
 
-@asynccontextmanager
-async def _database() -> AsyncIterator[str]:
-    """A fresh, empty database: its URL."""
-    name = f"tracker_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(BASE.database.url.get())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _db_url(name)
-    finally:
-        admin = await asyncpg.connect(BASE.database.url.get())
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 def _events(tag: str) -> list[ProjEvent]:
     first, then = failure_history(tag)
     # Captured a day apart too, so that the rollup spans two days' partitions.
@@ -229,37 +205,17 @@ def _events(tag: str) -> list[ProjEvent]:
 
 
 async def test_the_migration_fills_the_failure_rollup_of_existing_generations(tmp_path: Path) -> None:
-    for f in SQL_DIR.iterdir():
-        if f.name.endswith(".sql") and f.name < "005":
-            shutil.copy(str(f), tmp_path / f.name)
-    async with _database() as url:
+    async with empty_database() as url:
         conn = await asyncpg.connect(url)
         try:
-            await migrate(conn, tmp_path)
+            await migrate_until(conn, tmp_path, "005_failure_rollup")
             assert await conn.fetchval("SELECT to_regclass('failure_stats')") is None
             # The live generation, and a second one a rebuild is filling.
             await conn.execute("SELECT tracker_create_frames_generation(2)")
             for g, tag in ((1, "live/"), (2, "rebuild/")):
-                folded = fold(sorted(_events(tag), key=lambda e: e.order_key))
-                stamps = [r.frame_timestamp for r in folded.frames.values()]
-                for t in (f"frame_metadata_g{g}", f"processing_stages_g{g}"):
-                    await conn.execute(
-                        "SELECT tracker_ensure_partitions($1, $2, $3)", t, min(stamps), max(stamps)
-                    )
-                await conn.copy_records_to_table(
-                    f"frame_metadata_g{g}",
-                    records=[frame_to_db(r) for r in folded.frames.values()],
-                    columns=FRAME_COLS,
-                )
-                await conn.copy_records_to_table(
-                    f"processing_stages_g{g}",
-                    records=[stage_to_db(r) for r in folded.stages.values()],
-                    columns=STAGE_COLS,
-                )
+                await store_generation(conn, g, _events(tag))
 
-            # 005 itself (later migrations may follow it in SQL_DIR).
-            shutil.copy(str(SQL_DIR / "005_failure_rollup.sql"), tmp_path / "005_failure_rollup.sql")
-            report = await migrate(conn, tmp_path)
+            report = await migrate_also(conn, tmp_path, "005_failure_rollup")
             assert report.applied == ["005_failure_rollup"]
             for g in (1, 2):
                 # What the projection's own rule gives for the rows stored.

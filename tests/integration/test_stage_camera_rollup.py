@@ -6,51 +6,26 @@ projection-vs-event-store helper's; the rebuild's, test_recompute's.)"""
 
 from __future__ import annotations
 
-import shutil
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from projections.columns import FRAME_COLS, STAGE_COLS, frame_to_db, stage_to_db
 from projections.fold import (
     STAGE_COUNTERS,
     ProjEvent,
     Rollup,
-    fold,
     rollup_totals,
     stage_camera_contribution,
 )
 from projections.store import stage_from_db
-from tests.integration.conftest import BASE, _db_url
-from tracker.adapters.postgres import SQL_DIR, migrate
+from tests.integration.helpers import empty_database, migrate_also, migrate_until, store_generation
 from tracker.buckets import BUCKET_BOUNDS_MS
 
 T0 = datetime(2024, 6, 1, 22, 30, tzinfo=UTC)
 MIGRATION = "007_stage_camera_rollup"
-
-
-@asynccontextmanager
-async def _database() -> AsyncIterator[str]:
-    """A fresh, empty database: its URL."""
-    name = f"tracker_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(BASE.database.url.get())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _db_url(name)
-    finally:
-        admin = await asyncpg.connect(BASE.database.url.get())
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def _events(tag: str) -> list[ProjEvent]:
@@ -100,37 +75,17 @@ def _comparable(stats: dict[Any, Rollup]) -> dict[Any, tuple[Any, ...]]:
 
 
 async def test_the_migration_fills_the_rollup_of_existing_generations(tmp_path: Path) -> None:
-    for f in SQL_DIR.iterdir():
-        if f.name.endswith(".sql") and f.name < MIGRATION:
-            shutil.copy(str(f), tmp_path / f.name)
-    async with _database() as url:
+    async with empty_database() as url:
         conn = await asyncpg.connect(url)
         try:
-            await migrate(conn, tmp_path)
+            await migrate_until(conn, tmp_path, MIGRATION)
             assert await conn.fetchval("SELECT to_regclass('stage_camera_stats')") is None
             # The live generation, and a second one a rebuild is filling.
             await conn.execute("SELECT tracker_create_frames_generation(2)")
             for g, tag in ((1, "live/"), (2, "rebuild/")):
-                folded = fold(sorted(_events(tag), key=lambda e: e.order_key))
-                stamps = [r.frame_timestamp for r in folded.frames.values()]
-                for t in (f"frame_metadata_g{g}", f"processing_stages_g{g}"):
-                    await conn.execute(
-                        "SELECT tracker_ensure_partitions($1, $2, $3)", t, min(stamps), max(stamps)
-                    )
-                await conn.copy_records_to_table(
-                    f"frame_metadata_g{g}",
-                    records=[frame_to_db(r) for r in folded.frames.values()],
-                    columns=FRAME_COLS,
-                )
-                await conn.copy_records_to_table(
-                    f"processing_stages_g{g}",
-                    records=[stage_to_db(r) for r in folded.stages.values()],
-                    columns=STAGE_COLS,
-                )
+                await store_generation(conn, g, _events(tag))
 
-            # 007 itself (later migrations may follow it in SQL_DIR).
-            shutil.copy(str(SQL_DIR / f"{MIGRATION}.sql"), tmp_path / f"{MIGRATION}.sql")
-            report = await migrate(conn, tmp_path)
+            report = await migrate_also(conn, tmp_path, MIGRATION)
             assert report.applied == [MIGRATION]
             for g in (1, 2):
                 # What the projection's own rule gives for the rows stored.
