@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     # A subset (--only) must not overwrite the figures of a full run.
     path = report.write_json(result, args.out, "latest.json" if full else "partial.json")
     png = None if args.no_plot or not full else report.plot(result, args.out)
+    if full and not args.no_plot:
+        report.plot_soak(result, args.out)
+        report.plot_scale(result, args.out)
     print(report.table(result))
     if args.markdown:
         print()

@@ -159,3 +159,83 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_soak(result: dict[str, Any], out_dir: Path) -> Path | None:
+    """The soak's samples over time: lag, freshness p99 per interval, RSS per worker."""
+    samples = result.get("details", {}).get("soak", {}).get("samples") or []
+    if not samples:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    t = [x["t"] / 60.0 for x in samples]
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    ax1.plot(t, [x["lag"] for x in samples], color="#4477aa")
+    ax1.set_ylabel("lag (records)")
+    ax1.set_title(
+        f"Soak: {result.get('soak_eps') or '?'} events/s for {result.get('soak_minutes') or '?'} min "
+        f"({result.get('details', {}).get('soak', {}).get('mode', '?')})"
+    )
+    fresh = [(a, x["fresh_p99_ms"]) for a, x in zip(t, samples, strict=True) if x["fresh_p99_ms"] is not None]
+    ax2.plot([a for a, _ in fresh], [v for _, v in fresh], color="#cc6666")
+    ax2.axhline(500, color="black", linestyle="--", linewidth=1)
+    ax2.set_ylabel("freshness p99 (ms)\nper interval")
+    for name in samples[0]["rss_mb"]:
+        ax3.plot(t, [x["rss_mb"].get(name, 0.0) for x in samples], label=name)
+    ax3.set_ylabel("worker RSS (MB)")
+    ax3.set_ylim(bottom=0)
+    ax3.legend(fontsize=8)
+    ax3.set_xlabel("minutes into the load")
+    fig.suptitle(f"detektor-tracker bench, commit {result.get('git_commit')}")
+    fig.tight_layout()
+    path = out_dir / "soak.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scale(result: dict[str, Any], out_dir: Path) -> Path | None:
+    """Rate and CPU per event against the number of workers per group."""
+    medians = result.get("details", {}).get("scale", {}).get("medians") or {}
+    if not medians:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    counts = sorted(medians, key=int)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode, color in (("store", "#66aa77"), ("pipeline", "#4477aa")):
+        ax1.plot(counts, [medians[n][mode]["rate"] for n in counts], marker="o", color=color, label=mode)
+    ax1.set_xlabel("workers in the group")
+    ax1.set_ylabel("events/s")
+    ax1.set_ylim(bottom=0)
+    ax1.legend()
+    ax1.set_title(
+        f"Rate ({result.get('scale_partitions') or '?'} partitions, {result.get('cpu_count')} CPUs)"
+    )
+    x = range(len(counts))
+    w = [medians[n]["pipeline"]["workers_cpu_us_per_event"] for n in counts]
+    pg = [medians[n]["pipeline"]["postgres_cpu_us_per_event"] for n in counts]
+    br = [medians[n]["pipeline"]["broker_cpu_us_per_event"] for n in counts]
+    ax2.bar(x, w, label="workers", color="#4477aa")
+    ax2.bar(x, pg, bottom=w, label="PostgreSQL", color="#cc9966")
+    ax2.bar(x, br, bottom=[a + b for a, b in zip(w, pg, strict=True)], label="broker", color="#999999")
+    ax2.set_xticks(list(x), [f"{n} worker(s)" for n in counts])
+    ax2.set_ylabel("CPU µs per event")
+    ax2.set_title("Pipeline: CPU per event")
+    ax2.legend()
+    fig.suptitle(f"detektor-tracker bench, commit {result.get('git_commit')}")
+    fig.tight_layout()
+    path = out_dir / "scale.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -48,6 +48,17 @@ class Scale:
     # The ingest modes run (bench/scenarios/context.py MODES), comma-separated; a
     # subset compares with a checkout that lacks some (``--code``).
     ingest_modes: str = "store,project,two_groups,pipeline,pipeline_2w"
+    # The scale scenario: a source of its own in topics of 12 partitions, drained by
+    # 1, 2 and 4 workers per group.
+    scale_events: int = 300_000
+    scale_partitions: int = 12
+    # The soak: the pipeline live at a steady rate it can hold, sampled every
+    # soak_sample_s; the first soak_warmup_s are left out of the figures.
+    soak_minutes: float = 20.0
+    soak_rate_eps: int = 5_000
+    soak_mode: str = "pipeline_2w"
+    soak_sample_s: float = 10.0
+    soak_warmup_s: float = 60.0
 
     def with_overrides(self, **kw: object) -> Scale:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -92,6 +103,10 @@ SCALES = {
         sdk_frames=3_000,
         sdk_overhead_frames=5_000,
         sdk_overhead_reps=3,
+        scale_events=30_000,
+        soak_minutes=2.0,
+        soak_sample_s=5.0,
+        soak_warmup_s=20.0,
     ),
     # The test of the harness itself (tests/integration/test_bench.py): seconds,
     # one repetition; the figures mean nothing.
@@ -119,6 +134,11 @@ SCALES = {
         sdk_sequential_frames=10,
         sdk_overhead_frames=300,
         sdk_overhead_reps=1,
+        scale_events=3_000,
+        soak_minutes=0.25,
+        soak_rate_eps=1_000,
+        soak_sample_s=2.0,
+        soak_warmup_s=2.0,
     ),
 }
 

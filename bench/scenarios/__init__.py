@@ -28,6 +28,8 @@ ORDER = (
     "ui",
     "memory",
     "sdk",
+    "scale",
+    "soak",
     "profile",
 )
 for _name in ORDER:

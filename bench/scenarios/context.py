@@ -91,11 +91,13 @@ class Bench:
             await conn.close()
 
     # ---- pre-loading ----------------------------------------------------------------
-    async def preload(self, name: str, events: int) -> Source:
-        """Produce at least ``events`` events of the simulator's mix into a topic pair."""
+    async def preload(self, name: str, events: int, partitions: int | None = None) -> Source:
+        """Produce at least ``events`` events of the simulator's mix into a topic pair
+        (of ``partitions`` each; default: the stack's setting)."""
         prefix = self.stack.topic_prefix(name)
+        partitions = partitions or self.base.topics.partitions
         s = Settings.from_env(environ={}, kafka_bootstrap=self.base.kafka.bootstrap, topic_prefix=prefix)
-        await self.stack.create_topics(list(s.topics.events), self.base.topics.partitions)
+        await self.stack.create_topics(list(s.topics.events), partitions)
         procs = max(1, min(2, os.cpu_count() or 1, self.scale.cameras // 5))
         cams = self.scale.cameras // procs
         duration = max(1.0, events / (cams * procs * self.scale.fps * EVENTS_PER_FRAME))
@@ -108,7 +110,7 @@ class Bench:
                     "-m", "bench.preload", "--prefix", prefix, "--cameras", str(cams),
                     "--camera-prefix", f"cam{chr(97 + i)}", "--fps", str(self.scale.fps),
                     "--duration", f"{duration:.3f}", "--seed", str(101 + i), "--start", f"{start:.6f}",
-                    "--partitions", str(self.base.topics.partitions),
+                    "--partitions", str(partitions),
                 ),
                 worker_env(s),
             )
@@ -147,12 +149,13 @@ class Bench:
 
     # ---- the workers over a source ---------------------------------------------------
     def tracker_workers(
-        self, s: Settings, mode: str, *, until_idle: bool = True
+        self, s: Settings, mode: str, *, until_idle: bool = True, n: int | None = None
     ) -> tuple[list[Worker], list[str]]:
         """The workers of ``mode`` and the groups whose progress says how far they are:
         ``store`` (``tracker consume``), ``project`` (``tracker project``),
         ``two_groups`` (both), ``pipeline`` (``tracker consume --inline-projection``),
-        ``pipeline_2w`` (two of those in one group: a worker per core)."""
+        ``pipeline_2w`` (two of those in one group: a worker per core). ``n``: that
+        many workers in each group instead (the scale scenario)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         extra = ["--until-idle"] if until_idle else []
@@ -160,21 +163,25 @@ class Bench:
         if mode in STORES:
             inline = ["--inline-projection"] if mode.startswith("pipeline") else []
             argv = tracker_argv("consume", *inline, *extra, "--metrics-port", "0")
-            n = 2 if mode == "pipeline_2w" else 1
-            for i in range(n):
-                name = f"consume-{i + 1}" if n > 1 else "consume"
+            k = n or (2 if mode == "pipeline_2w" else 1)
+            for i in range(k):
+                name = f"consume-{i + 1}" if k > 1 else "consume"
                 ws.append(self.stack.worker(name, argv, worker_env(s)))
             groups.append(s.groups.event_store)
         if mode in ("project", "two_groups"):
             argv = tracker_argv("project", *extra, "--metrics-port", "0")
-            ws.append(self.stack.worker("project", argv, worker_env(s)))
+            k = n or 1
+            for i in range(k):
+                name = f"project-{i + 1}" if k > 1 else "project"
+                ws.append(self.stack.worker(name, argv, worker_env(s)))
             groups.append(s.groups.projections)
         return ws, groups
 
-    async def drain(self, src: Source, mode: str, what: str) -> dict[str, Any]:
-        """The workers of ``mode`` drain ``src`` into a fresh database: rate, counts, workers' CPU and RSS."""
+    async def drain(self, src: Source, mode: str, what: str, n: int | None = None) -> dict[str, Any]:
+        """The workers of ``mode`` (``n`` per group) drain ``src`` into a fresh database:
+        rate, counts, workers' CPU and RSS."""
         async with self.stack.scratch(what, topic_prefix=src.prefix) as s:
-            ws, groups = self.tracker_workers(s, mode)
+            ws, groups = self.tracker_workers(s, mode, n=n)
             p = await self.stack.drive(ws, groups=groups, total=src.events, timeout_s=self.scale.timeout_s)
             rate, info = p.rate()
             conn = await asyncpg.connect(s.database.url.get())
