@@ -118,6 +118,10 @@ class TopicSettings(_Group):
     prefix: str = field(default="detektor.frames", metadata=_env("TRACKER_TOPIC_PREFIX"))
     partitions: int = field(default=6, metadata=_env("TRACKER_TOPIC_PARTITIONS"))
     replication_factor: int = field(default=1, metadata=_env("TRACKER_TOPIC_REPLICATION_FACTOR"))
+    # min.insync.replicas of the topics the tracker creates: with acks=all, the
+    # copies a write needs before it is acknowledged (2 on a three-broker
+    # cluster). 0 = the broker's default, which is 1 unless the cluster says otherwise.
+    min_insync_replicas: int = field(default=0, metadata=_env("TRACKER_TOPIC_MIN_INSYNC_REPLICAS"))
 
     @property
     def camera(self) -> str:
@@ -145,6 +149,13 @@ class TopicSettings(_Group):
             raise ConfigError("TRACKER_TOPIC_PREFIX may hold only letters, digits, '.', '_', '-'")
         if self.partitions < 1:
             raise ConfigError("TRACKER_TOPIC_PARTITIONS must be >= 1")
+        if self.replication_factor < 1:
+            raise ConfigError("TRACKER_TOPIC_REPLICATION_FACTOR must be >= 1")
+        if not 0 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigError(
+                "TRACKER_TOPIC_MIN_INSYNC_REPLICAS must be between 0 (the broker's default) and "
+                f"TRACKER_TOPIC_REPLICATION_FACTOR ({self.replication_factor}), not {self.min_insync_replicas}"
+            )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
     ("TRACKER_TOPIC_PREFIX", "topics.prefix", "x.frames", "x.frames"),
     ("TRACKER_TOPIC_PARTITIONS", "topics.partitions", "12", 12),
     ("TRACKER_TOPIC_REPLICATION_FACTOR", "topics.replication_factor", "3", 3),
+    ("TRACKER_TOPIC_MIN_INSYNC_REPLICAS", "topics.min_insync_replicas", "1", 1),
     ("TRACKER_GROUP_PREFIX", "groups.prefix", "g", "g"),
     ("TRACKER_DATABASE_URL", "database.url", "postgresql://u:p@h/db", Secret("postgresql://u:p@h/db")),
     ("TRACKER_DATABASE_SSLMODE", "database.sslmode", "verify-full", "verify-full"),
@@ -112,6 +113,9 @@ def test_derived_names_follow_the_prefixes() -> None:
         (lambda: KafkaSettings(bootstrap=" "), "TRACKER_KAFKA_BOOTSTRAP"),
         (lambda: TopicSettings(prefix="bad prefix"), "TRACKER_TOPIC_PREFIX"),
         (lambda: TopicSettings(partitions=0), "TRACKER_TOPIC_PARTITIONS"),
+        (lambda: TopicSettings(replication_factor=0), "TRACKER_TOPIC_REPLICATION_FACTOR"),
+        (lambda: TopicSettings(replication_factor=1, min_insync_replicas=2), "TRACKER_TOPIC_MIN_INSYNC_REPLICAS"),
+        (lambda: TopicSettings(min_insync_replicas=-1), "TRACKER_TOPIC_MIN_INSYNC_REPLICAS"),
         (lambda: ConsumerGroupSettings(prefix="a/b"), "TRACKER_GROUP_PREFIX"),
         (lambda: DatabaseSettings(url=Secret("mysql://x")), "TRACKER_DATABASE_URL"),
         (lambda: DatabaseSettings(sslmode="sometimes"), "TRACKER_DATABASE_SSLMODE"),
@@ -274,3 +278,12 @@ def test_an_event_goes_to_the_topic_of_its_source() -> None:
     assert topics.of(ev.FrameCaptured.source) == topics.camera == "p.camera"
     assert topics.of(ev.FrameQueued.source) == topics.camera
     assert topics.of(ev.StageCompleted.source) == topics.processing == "p.processing"
+
+
+def test_topics_are_created_with_the_min_isr_when_set() -> None:
+    from tracker.adapters.kafka import new_topic
+
+    plain = new_topic(TopicSettings(replication_factor=3), "t")
+    assert (plain.num_partitions, plain.replication_factor, plain.topic_configs) == (6, 3, {})
+    strict = new_topic(TopicSettings(replication_factor=3, min_insync_replicas=2), "t", partitions=12)
+    assert (strict.num_partitions, strict.topic_configs) == (12, {"min.insync.replicas": "2"})

@@ -229,8 +229,7 @@ async def _create_missing(
     missing = [t for t in wanted if t not in existing]
     if not missing:
         return []
-    count, replicas = partitions or topics.partitions, topics.replication_factor
-    new = [NewTopic(t, num_partitions=count, replication_factor=replicas) for t in missing]
+    new = [new_topic(topics, t, partitions) for t in missing]
     response = await admin.create_topics(new)
     for topic, code, *message in response.topic_errors:
         error = for_code(code)
@@ -239,6 +238,20 @@ async def _create_missing(
             raise error(f"cannot create topic {topic}{detail}")
     log.info("created topics %s", missing)
     return missing
+
+
+def new_topic(topics: TopicSettings, name: str, partitions: int | None = None) -> NewTopic:
+    """How the tracker creates topic ``name``: ``topics``' partitions (unless
+    ``partitions`` says otherwise), replication factor and, when set, min ISR."""
+    configs = {}
+    if topics.min_insync_replicas:
+        configs["min.insync.replicas"] = str(topics.min_insync_replicas)
+    return NewTopic(
+        name,
+        num_partitions=partitions or topics.partitions,
+        replication_factor=topics.replication_factor,
+        topic_configs=configs,
+    )
 
 
 async def broker_error(kafka: KafkaSettings, doing: str, e: KafkaError) -> BrokerError:

@@ -47,6 +47,11 @@ async def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     created = await ensure_topics(settings.kafka, topics, names)
     there = [n for n in names if n not in created]
     how = f"{topics.partitions} partitions, replication factor {topics.replication_factor}"
+    how += (
+        f", min.insync.replicas {topics.min_insync_replicas}"
+        if topics.min_insync_replicas
+        else ", the broker's min.insync.replicas"
+    )
     lines = [f"created {', '.join(created)} ({how})"] if created else []
     lines += [f"already there: {', '.join(there)}"] if there else []
     return emit(args, {"created": created, "existing": there}, "\n".join(lines))

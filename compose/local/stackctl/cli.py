@@ -117,6 +117,7 @@ def cmd_env(role: str | None) -> int:
     lines = {"TRACKER_KAFKA_BOOTSTRAP": kafka.address(), "TRACKER_DATABASE_URL": pg.address()}
     if BROKERS > 1:
         lines["TRACKER_TOPIC_REPLICATION_FACTOR"] = "3"
+        lines["TRACKER_TOPIC_MIN_INSYNC_REPLICAS"] = "2"
     if kafka.security is not None:
         sec = kafka.security
         lines |= {
