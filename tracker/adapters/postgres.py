@@ -246,9 +246,9 @@ async def migrate(conn: asyncpg.Connection, directory: Traversable = SQL_DIR) ->
                        checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            timescale = await _enable_timescaledb(conn)
             rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
             applied = {r["version"]: r for r in rows}
+            timescale = await _enable_timescaledb(conn, fresh=not applied)
             done: list[str] = []
             for m in migrations:
                 row = applied.get(m.version)
@@ -277,10 +277,25 @@ async def migrate(conn: asyncpg.Connection, directory: Traversable = SQL_DIR) ->
         raise translate(e) from e
 
 
-async def _enable_timescaledb(conn: asyncpg.Connection) -> bool:
-    """Create the extension where the server offers it. The SQL branches on it."""
+async def _enable_timescaledb(conn: asyncpg.Connection, *, fresh: bool) -> bool:
+    """Create the extension where the server offers it, on a database that has
+    no migration applied yet. The SQL branches on it.
+
+    A database migrated without it stays without it: switching there would
+    leave ``frame_events`` a plain partitioned table while later projection
+    generations became hypertables, and the TimescaleDB migration (compression,
+    retention jobs) recorded as applied without having done anything. Move to
+    TimescaleDB on a new database (``docs/scaling.md``)."""
+    if await is_timescaledb(conn):
+        return True
     available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
     if not available:
+        return False
+    if not fresh:
+        log.warning(
+            "timescaledb is available but this database was migrated without it; it stays plain "
+            "PostgreSQL (to move to TimescaleDB, migrate a new database and replay into it)"
+        )
         return False
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
