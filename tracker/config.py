@@ -154,7 +154,8 @@ class TopicSettings(_Group):
         if not 0 <= self.min_insync_replicas <= self.replication_factor:
             raise ConfigError(
                 "TRACKER_TOPIC_MIN_INSYNC_REPLICAS must be between 0 (the broker's default) and "
-                f"TRACKER_TOPIC_REPLICATION_FACTOR ({self.replication_factor}), not {self.min_insync_replicas}"
+                f"TRACKER_TOPIC_REPLICATION_FACTOR ({self.replication_factor}), "
+                f"not {self.min_insync_replicas}"
             )
 
 

@@ -114,7 +114,7 @@ def test_derived_names_follow_the_prefixes() -> None:
         (lambda: TopicSettings(prefix="bad prefix"), "TRACKER_TOPIC_PREFIX"),
         (lambda: TopicSettings(partitions=0), "TRACKER_TOPIC_PARTITIONS"),
         (lambda: TopicSettings(replication_factor=0), "TRACKER_TOPIC_REPLICATION_FACTOR"),
-        (lambda: TopicSettings(replication_factor=1, min_insync_replicas=2), "TRACKER_TOPIC_MIN_INSYNC_REPLICAS"),
+        (lambda: TopicSettings(min_insync_replicas=2), "TRACKER_TOPIC_MIN_INSYNC_REPLICAS"),
         (lambda: TopicSettings(min_insync_replicas=-1), "TRACKER_TOPIC_MIN_INSYNC_REPLICAS"),
         (lambda: ConsumerGroupSettings(prefix="a/b"), "TRACKER_GROUP_PREFIX"),
         (lambda: DatabaseSettings(url=Secret("mysql://x")), "TRACKER_DATABASE_URL"),
