@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.integration.conftest import fresh_settings
 from tests.integration.helpers import run_cli
@@ -14,8 +15,11 @@ from tracker.adapters.kafka import topic_partitions
 from tracker.config import Settings
 
 
-async def topic_configs(settings: Settings, topic: str) -> dict[str, tuple[str, bool]]:
-    """A topic's configuration as the broker describes it: name -> (value, is it the default)."""
+TOPIC_CONFIG = 1  # DescribeConfigs v1+ config_source: set on the topic itself
+
+
+async def topic_configs(settings: Settings, topic: str) -> dict[str, tuple[str, int]]:
+    """A topic's configuration as the broker describes it: name -> (value, where it comes from)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     await admin.start()
     try:
@@ -24,8 +28,8 @@ async def topic_configs(settings: Settings, topic: str) -> dict[str, tuple[str, 
         await admin.close()
     [(error, _, _, name, entries)] = resp.resources
     assert error == 0 and name == topic, resp
-    # v0 entries: (name, value, read_only, is_default, is_sensitive)
-    return {e[0]: (e[1], bool(e[3])) for e in entries}
+    assert resp.API_VERSION >= 1, resp  # entries: (name, value, read_only, config_source, ...)
+    return {e[0]: (e[1], e[3]) for e in entries}
 
 
 async def test_topics_are_made_with_the_configured_min_isr_and_left_alone_once_there() -> None:
@@ -36,7 +40,7 @@ async def test_topics_are_made_with_the_configured_min_isr_and_left_alone_once_t
         for topic in names:
             assert len(await topic_partitions(s.kafka, [topic])) == 3
             # set on the topic itself, not inherited from the broker's default
-            assert (await topic_configs(s, topic))["min.insync.replicas"] == ("1", False)
+            assert (await topic_configs(s, topic))["min.insync.replicas"] == ("1", TOPIC_CONFIG)
         again = run_cli(s, "topics")
         assert again.stdout.strip() == f"already there: {', '.join(names)}"
 
@@ -44,5 +48,5 @@ async def test_topics_are_made_with_the_configured_min_isr_and_left_alone_once_t
 async def test_without_a_min_isr_the_topics_take_the_brokers() -> None:
     async with fresh_settings() as s:
         run_cli(s, "topics")
-        value, default = (await topic_configs(s, s.topics.camera))["min.insync.replicas"]
-        assert default, value
+        value, source = (await topic_configs(s, s.topics.camera))["min.insync.replicas"]
+        assert source != TOPIC_CONFIG, (value, source)

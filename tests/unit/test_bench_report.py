@@ -115,8 +115,7 @@ def test_merge_of_a_partial_run_keeps_ratios_computed_from_the_whole() -> None:
 def test_merge_of_a_scenario_the_full_run_did_not_have_completes_it() -> None:
     old = full_result()
     derive(old, {})
-    old["scenarios_run"] = ["environment", "limits", "baseline", "peers", "ingest", "freshness"]
-    old["scenarios_run"] += ["replay", "queries", "ui", "memory"]  # a full run from before the sdk scenario
+    old["scenarios_run"] = [s for s in SCENARIOS if s != "sdk"]  # a full run from before the sdk scenario
     for k in ("sdk_frames_per_s", "sdk_events_per_s"):
         del old[k]
     new = {
@@ -135,7 +134,7 @@ def test_merge_of_a_scenario_the_full_run_did_not_have_completes_it() -> None:
 
 def test_every_scenario_module_registers_once_in_run_order_and_owns_its_keys() -> None:
     package = Path(__file__).resolve().parents[2] / "bench" / "scenarios"
-    shared = {"__init__", "context", "keys", "registry"}
+    shared = {"__init__", "context", "keys", "registry", "live"}
     assert {p.stem for p in package.glob("*.py")} - shared == set(ORDER)
     assert tuple(REGISTRY) == ORDER == SCENARIOS + EXTRA
     assert EXTRA == ("profile",)
