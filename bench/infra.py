@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import workers
-from bench.workers import ROOT
+from bench.workers import ROOT, proc_cpu_s
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -59,16 +59,6 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # ---- /proc ----------------------------------------------------------------------
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-        fields = raw[raw.rindex(b")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _comm_pids(match: Any) -> list[int]:

@@ -69,6 +69,16 @@ class Progress:
 
     total: int
     series: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, min committed)
+    t0: float = 0.0  # monotonic time of the start
+
+    def steady_cpu_us_per_event(self, workers: Sequence[Worker], info: dict[str, Any]) -> float | None:
+        """The workers' CPU per event between the first commit and the last (``rate``'s
+        interval), so that process start-up and group join are left out as in the rate."""
+        if info.get("method") != "first commit to last commit":
+            return None
+        a, b = self.t0 + info["first_commit_s"], self.t0 + info["done_s"]
+        cpu = sum(w.cpu_at(b) - w.cpu_at(a) for w in workers)
+        return 1e6 * cpu / max(1, self.total - info["first_commit_records"])
 
     def rate(self) -> tuple[float | None, dict[str, Any]]:
         """Steady-state rate: records committed between the first commit seen and
@@ -349,7 +359,7 @@ class Stack:
         cpu = cpu_meter()
         for w in workers:
             w.start()
-        t0 = time.monotonic()
+        t0 = progress.t0 = time.monotonic()
         try:
             while True:
                 now = time.monotonic() - t0

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # e.g. a worktree with a patch applied, measured against the same records.
 CODE_ROOT = ROOT
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def set_code_root(path: Path) -> None:
@@ -81,6 +82,17 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a running process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def proc_rss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -118,6 +130,7 @@ class Worker:
     returncode: int | None = None
     rss_kb_max: int = 0
     rss_series: list[tuple[float, int]] = field(default_factory=list)
+    cpu_series: list[tuple[float, float]] = field(default_factory=list)  # (monotonic time, CPU seconds)
     cpu_s: float | None = None
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -148,6 +161,14 @@ class Worker:
         if rss is not None:
             self.rss_kb_max = max(self.rss_kb_max, rss)
             self.rss_series.append((time.monotonic() - self.started, rss))
+        cpu = proc_cpu_s(self.pid)
+        if cpu is not None:
+            self.cpu_series.append((time.monotonic(), cpu))
+
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds it had used at monotonic time ``t`` (the last sample at or before it)."""
+        before = [c for ts, c in self.cpu_series if ts <= t]
+        return before[-1] if before else 0.0
 
     def rss_mb(self) -> float:
         """Its RSS now (0 once it has exited)."""

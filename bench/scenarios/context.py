@@ -199,10 +199,12 @@ class Bench:
                 raise RuntimeError(
                     f"{mode}: incomplete result {info} for {src.events} events / {src.frames} frames"
                 )
+            steady = p.steady_cpu_us_per_event(ws, info)
             return {
                 "mode": mode,
                 "rate": rate,
                 **info,
+                "steady_workers_cpu_us_per_event": None if steady is None else round(steady, 1),
                 "workers": {
                     w.name: {**w.summary(), "cpu_us_per_event": round(1e6 * (w.cpu_s or 0) / src.events, 1)}
                     for w in ws
