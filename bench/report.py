@@ -161,6 +161,11 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
     return path
 
 
+def _commit(result: dict[str, Any], scenario: str) -> Any:
+    """The commit a scenario ran at: its own when an --update run recorded one."""
+    return result.get("details", {}).get(scenario, {}).get("git_commit") or result.get("git_commit")
+
+
 def plot_soak(result: dict[str, Any], out_dir: Path) -> Path | None:
     """The soak's samples over time: lag, freshness p99 per interval, RSS per worker."""
     samples = result.get("details", {}).get("soak", {}).get("samples") or []
@@ -191,7 +196,7 @@ def plot_soak(result: dict[str, Any], out_dir: Path) -> Path | None:
     ax3.set_ylim(bottom=0)
     ax3.legend(fontsize=8)
     ax3.set_xlabel("minutes into the load")
-    fig.suptitle(f"detektor-tracker bench, commit {result.get('git_commit')}")
+    fig.suptitle(f"detektor-tracker bench, commit {_commit(result, 'soak')}")
     fig.tight_layout()
     path = out_dir / "soak.png"
     fig.savefig(path, dpi=110)
@@ -233,7 +238,7 @@ def plot_scale(result: dict[str, Any], out_dir: Path) -> Path | None:
     ax2.set_ylabel("CPU µs per event")
     ax2.set_title("Pipeline: CPU per event")
     ax2.legend()
-    fig.suptitle(f"detektor-tracker bench, commit {result.get('git_commit')}")
+    fig.suptitle(f"detektor-tracker bench, commit {_commit(result, 'scale')}")
     fig.tight_layout()
     path = out_dir / "scale.png"
     fig.savefig(path, dpi=110)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
-from bench.infra import log
+from bench.infra import git_commit, log
 from bench.scenarios.context import Bench
 from bench.scenarios.registry import scenario
 
@@ -80,6 +80,7 @@ async def scale(b: Bench) -> None:
         }
     b.figures["scale_partitions"] = sc.scale_partitions
     b.detail("scale").update(
+        git_commit=git_commit(),  # an --update run is at a commit of its own
         events=src.events,
         partitions=sc.scale_partitions,
         medians=table,

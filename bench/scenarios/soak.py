@@ -13,7 +13,7 @@ import time
 from statistics import median
 from typing import Any
 
-from bench.infra import log, percentile, proc_cpu_s
+from bench.infra import git_commit, log, percentile, proc_cpu_s
 from bench.scenarios.context import Bench
 from bench.scenarios.live import Live, LiveLoad, live_workers
 from bench.scenarios.registry import scenario
@@ -58,6 +58,7 @@ async def soak(b: Bench) -> None:
     if stored != sent or frames != sent_frames:
         raise RuntimeError(f"soak: sent {sent} events / {sent_frames} frames, stored {stored} / {frames}")
     b.detail("soak").update(
+        git_commit=git_commit(),  # an --update run is at a commit of its own
         mode=sc.soak_mode,
         sent_events=sent,
         stored_events=stored,
