@@ -5,7 +5,7 @@ replay and memory; at least 10,000,000 stored events for the queries; three
 repetitions per figure; 5,000 events/s offered for freshness. Everything else
 (how many records the slow baselines get, how long freshness runs, the second
 backlog size of the memory scenario) is chosen so that a default run stays
-within about 25 minutes on the 2-core reference machine.
+within about 35 minutes on the 2-core reference machine, plus the 20-minute soak.
 """
 
 from __future__ import annotations
