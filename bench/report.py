@@ -102,14 +102,30 @@ def missing_keys(result: dict[str, Any]) -> list[str]:
     return bad
 
 
-def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
-    """Throughput bars (with min..max) and freshness over the run, as a PNG."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing to files, or None without matplotlib (the bench extra)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path, commit: Any) -> Path:
+    fig.suptitle(f"detektor-tracker bench, commit {commit}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
+    """Throughput bars (with min..max) and freshness over the run, as a PNG."""
+    plt = _pyplot()
+    if plt is None:
         return None
     spread = result.get("spread", {})
     names = [
@@ -153,12 +169,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> Path | None:
         ax2.set_xlabel("seconds into the run")
         ax2.set_ylabel("publish -> visible in frame_metadata (ms)")
         ax2.set_title(f"Freshness at {result.get('fresh_offered_eps') or '?'} events/s offered")
-    fig.suptitle(f"detektor-tracker bench, commit {result.get('git_commit')}")
-    fig.tight_layout()
-    path = out_dir / "latest.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "latest.png", result.get("git_commit"))
 
 
 def _commit(result: dict[str, Any], scenario: str) -> Any:
@@ -171,12 +182,8 @@ def plot_soak(result: dict[str, Any], out_dir: Path) -> Path | None:
     samples = result.get("details", {}).get("soak", {}).get("samples") or []
     if not samples:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     t = [x["t"] / 60.0 for x in samples]
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
@@ -196,12 +203,7 @@ def plot_soak(result: dict[str, Any], out_dir: Path) -> Path | None:
     ax3.set_ylim(bottom=0)
     ax3.legend(fontsize=8)
     ax3.set_xlabel("minutes into the load")
-    fig.suptitle(f"detektor-tracker bench, commit {_commit(result, 'soak')}")
-    fig.tight_layout()
-    path = out_dir / "soak.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "soak.png", _commit(result, "soak"))
 
 
 def plot_scale(result: dict[str, Any], out_dir: Path) -> Path | None:
@@ -209,12 +211,8 @@ def plot_scale(result: dict[str, Any], out_dir: Path) -> Path | None:
     medians = result.get("details", {}).get("scale", {}).get("medians") or {}
     if not medians:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     counts = sorted(medians, key=int)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -238,9 +236,4 @@ def plot_scale(result: dict[str, Any], out_dir: Path) -> Path | None:
     ax2.set_ylabel("CPU µs per event")
     ax2.set_title("Pipeline: CPU per event")
     ax2.legend()
-    fig.suptitle(f"detektor-tracker bench, commit {_commit(result, 'scale')}")
-    fig.tight_layout()
-    path = out_dir / "scale.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir / "scale.png", _commit(result, "scale"))

@@ -14,7 +14,6 @@ from tests.integration.helpers import run_cli
 from tracker.adapters.kafka import topic_partitions
 from tracker.config import Settings
 
-
 TOPIC_CONFIG = 1  # DescribeConfigs v1+ config_source: set on the topic itself
 
 
