@@ -197,6 +197,12 @@ async def search_frames(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50)
     prefix = request.query.get("prefix")
     camera = request.query.get("camera_id")
+    trace_id = request.query.get("trace_id")
+    if trace_id is not None and prefix is None and camera is None:
+        frames = await q.search_frames_by_trace_id(trace_id, limit=limit)
+        return web.json_response({"frames": frames, "suggestions": []}, dumps=_dumps)
+    if trace_id is not None:
+        raise InvalidQuery("give trace_id alone, without prefix or camera_id")
     if prefix is not None and camera is None:
         frames = await q.search_frames_by_prefix(prefix, limit=limit)
         suggestions = [] if frames else await q.suggest_frame_ids(prefix)
@@ -208,7 +214,7 @@ async def search_frames(request: web.Request) -> web.Response:
         since = parse_time("since", request.query["since"])
         frames = await q.search_frames_by_camera(camera, since, until, limit=limit)
         return web.json_response({"frames": frames, "suggestions": []}, dumps=_dumps)
-    raise InvalidQuery("give either prefix, or camera_id and since (and until)")
+    raise InvalidQuery("give prefix, or trace_id, or camera_id and since (and until)")
 
 
 async def failed_frames(request: web.Request) -> web.Response:

@@ -112,7 +112,7 @@ def search_page(
         )
     main = render(
         '<main id="search"><h1>Find a frame</h1>'
-        '<form class="search" method="get" action="/ui/"><label>Frame id or prefix '
+        '<form class="search" method="get" action="/ui/"><label>Frame id, prefix or trace id '
         '<input type="search" name="q" value="{q}" required maxlength="256" autofocus '
         'placeholder="cam-001-2026…"></label><button type="submit">Find</button></form>'
         '<form class="search" method="get" action="/ui/"><label>Camera '

@@ -32,7 +32,7 @@ from tracker.api.pipeline_page import pipeline_main, pipeline_page
 from tracker.config import Settings
 from tracker.errors import InvalidQuery, NotFound, TrackerError, http_status
 from tracker.queries import FrameTrackingQueries
-from tracker.queries.checks import parse_time
+from tracker.queries.checks import is_trace_id, parse_time
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
@@ -147,11 +147,24 @@ async def search(request: web.Request) -> web.StreamResponse:
                         results=pages.frames_table(frames),
                     )
                 )
+            if is_trace_id(text):
+                frames = await q.search_frames_by_trace_id(text, limit=50)
+                if len(frames) == 1:
+                    raise web.HTTPSeeOther(pages.frame_href(frames[0]["frame_id"]))
+                if frames:
+                    return html(
+                        pages.search_page(
+                            **form,
+                            heading=f"Frames of trace {text.lower()}",
+                            results=pages.frames_table(frames),
+                        )
+                    )
             suggestions = await q.suggest_frame_ids(text)
             return html(
                 pages.search_page(
                     **form,
-                    notice=f"No frame has the id or an id starting with “{text}”.",
+                    notice=f"No frame has the id or an id starting with “{text}”"
+                    + (", nor an event of that trace." if is_trace_id(text) else "."),
                     suggestions=suggestions,
                 ),
                 404,

@@ -14,6 +14,20 @@ from tracker.errors import InvalidQuery
 MAX_HOURS = 24 * 400
 MAX_LIMIT = 1000
 _ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_trace_id(text: str) -> bool:
+    """Whether ``text`` reads as a W3C trace id (32 hex digits, not all zeros; any case)."""
+    t = text.strip().lower()
+    return bool(_TRACE_ID_RE.match(t)) and t != "0" * 32
+
+
+def check_trace_id(trace_id: str) -> str:
+    """The trace id in the form it is stored (lower case)."""
+    if not isinstance(trace_id, str) or not is_trace_id(trace_id):
+        raise InvalidQuery("trace id must be 32 hexadecimal digits, not all zeros")
+    return trace_id.strip().lower()
 
 
 def check_frame_id(frame_id: str) -> str:

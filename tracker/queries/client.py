@@ -21,6 +21,7 @@ from tracker.queries.checks import (
     check_limit,
     check_threshold,
     check_time_range,
+    check_trace_id,
 )
 from tracker.queries.journey import frame_journey
 from tracker.queries.shaping import TraceLink
@@ -162,6 +163,13 @@ class FrameTrackingQueries:
         check_limit(limit)
         rows = await self._fetch(statements.NEIGHBOUR_IDS, frame_id, limit)
         return shaping.closest_ids(frame_id, (r["frame_id"] for r in rows), limit)
+
+    async def search_frames_by_trace_id(self, trace_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The frames whose events carry ``trace_id`` (any case), latest capture first."""
+        trace_id = check_trace_id(trace_id)
+        check_limit(limit)
+        rows = await self._fetch(statements.SEARCH_TRACE, trace_id, limit)
+        return shaping.frame_list(rows, self.trace_link)
 
     async def search_frames_by_camera(
         self, camera_id: str, since: datetime, until: datetime, limit: int = 100

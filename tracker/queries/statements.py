@@ -119,6 +119,17 @@ NEIGHBOUR_IDS = """
 UNION ALL
 (SELECT frame_id FROM frame_metadata WHERE frame_id ~>~ $1 ORDER BY frame_id USING ~<~ LIMIT $2)
 """
+# The frames whose events carry a trace id (from a log line, a trace view or
+# an exemplar): the partial trace_id index of sql/001 finds the events, each
+# frame's primary key its row. The publisher makes one trace per frame; a
+# service may trace several frames in one.
+SEARCH_TRACE = f"""
+SELECT {_FRAME_ROW}
+FROM frame_metadata WHERE (frame_id, frame_timestamp) IN (
+    SELECT DISTINCT frame_id, frame_timestamp FROM frame_events WHERE trace_id = $1)
+ORDER BY frame_timestamp DESC, frame_id
+LIMIT $2
+"""
 SEARCH_CAMERA = f"""
 SELECT {_FRAME_ROW}
 FROM frame_metadata WHERE camera_id = $1 AND frame_timestamp >= $2 AND frame_timestamp < $3
