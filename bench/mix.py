@@ -36,6 +36,8 @@ def plan_events(cfg: SimulationConfig) -> Iterator[tuple[float, ev.FrameEvent]]:
         while tick < n_per_camera and (not heap or tick * interval <= heap[0][0]):
             for c, camera in enumerate(cameras):
                 capture = tick * interval + rng.uniform(0, interval * 0.1) + c * 1e-6
+                if cfg.injections.silent(camera, capture):
+                    continue
                 for t, e in plan_frame(rng, cfg, camera, capture, start, processors[c % len(processors)]):
                     heapq.heappush(heap, (t, seq, e))
                     seq += 1

@@ -24,13 +24,18 @@ inline writer as a second owner of its partitions and keep re-seeking.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from projections.anomalies import AnomalyDetection
+from projections.detector import DetectorConfig
 from projections.fold import BatchFold, ProjEvent
 from projections.statements import PROJECTION, SELECT_LIVE_GENERATION_FOR_SHARE
 from projections.store import FramesProjectionStore
+from tracker.config import Settings
 from tracker.errors import TrackerError
 from tracker.store.ports import EventRow, InlineProjection
 
@@ -68,20 +73,42 @@ def events_of(records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> li
     return out
 
 
-class InlineFrames(InlineProjection):
-    """:class:`InlineProjection` of the ``frames`` projection on PostgreSQL."""
+@dataclass(frozen=True)
+class _Prepared:
+    fold: BatchFold
+    # The latest capture time of each (topic, partition) of the batch: its watermark.
+    marks: dict[tuple[str, int], datetime]
 
-    def __init__(self) -> None:
+
+class InlineFrames(InlineProjection):
+    """:class:`InlineProjection` of the ``frames`` projection on PostgreSQL
+    (and, with ``detection``, the anomaly detector in the same transaction)."""
+
+    def __init__(self, detection: AnomalyDetection | None = None) -> None:
         self._store: FramesProjectionStore | None = None
+        self.detection = detection
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InlineFrames:
+        an = settings.anomaly
+        config = DetectorConfig(window_s=an.window_s, lateness_s=an.lateness_s)
+        return cls(AnomalyDetection(config) if an.enabled else None)
 
     async def open(self, pool: asyncpg.Pool) -> None:
         self._store = FramesProjectionStore(pool)
 
-    def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> BatchFold:
-        return BatchFold().extend(events_of(records, rows))
+    def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> _Prepared:
+        marks: dict[tuple[str, int], datetime] = {}
+        if self.detection is not None:
+            for row in rows:
+                key, ts = (row[15], row[16]), row[4]
+                seen = marks.get(key)
+                if seen is None or ts > seen:
+                    marks[key] = ts
+        return _Prepared(BatchFold().extend(events_of(records, rows)), marks)
 
     async def before(self, prepared: Any) -> None:
-        fold: BatchFold = prepared
+        fold = prepared.fold
         if fold.frames:
             store = self._opened()
             generation = await store.live_generation()
@@ -93,10 +120,14 @@ class InlineFrames(InlineProjection):
         return self._store
 
     async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
-        fold: BatchFold = prepared
+        fold = prepared.fold
         generation = int(await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION))
         if fold.frames:
             await self._opened().write_fold(conn, generation, fold)
+        if self.detection is not None:
+            # Only partitions still ours count (as for the checkpoints below).
+            marks = {k: v for k, v in prepared.marks.items() if k in positions}
+            await self.detection.advance(conn, generation, marks)
         if positions:
             keys = sorted(positions)
             await conn.execute(

@@ -34,7 +34,9 @@ from functools import partial
 
 import asyncpg
 
+from projections.anomalies import COPY_WATERMARKS, AnomalyDetection
 from projections.bulk import bulk_load_store, bulk_load_topics
+from projections.detector import DetectorConfig
 from projections.events import from_kafka
 from projections.fold import BatchFold
 from projections.ports import ApplyResult
@@ -88,6 +90,12 @@ class ProjectionRebuild:
         self._stopping = asyncio.Event()
         self._applied = 0
         self._t0 = time.monotonic()
+        an = settings.anomaly
+        self.detection = (
+            AnomalyDetection(DetectorConfig(window_s=an.window_s, lateness_s=an.lateness_s))
+            if an.enabled
+            else None
+        )
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -291,6 +299,7 @@ class ProjectionRebuild:
                     behind_live = sum(max(0, live.get(k, 0) - at(k)) for k in expected)
                     to_end = sum(max(0, ends[tp] - at((tp.topic, tp.partition))) for tp in tps)
                     if reached and behind_live <= self.swap_lag_threshold:
+                        await self._detect(pool, gen, live_gen)
                         return await self._swap(pool, gen, rid, catch_up)
                     await step()
                     now = time.monotonic()
@@ -300,6 +309,26 @@ class ProjectionRebuild:
             return None
         finally:
             await consumer.stop()
+
+    async def _detect(self, pool: asyncpg.Pool, gen: int, live: int) -> None:
+        """The anomaly detector's pass over the rebuilt history: up to the live
+        generation's watermarks, every window in time order, as the live writer
+        closed them (one transaction per chunk of windows, outside the swap's
+        lock; the swap closes the last few under it)."""
+        detection = self.detection
+        if detection is None:
+            return
+
+        async def chunk(first: bool) -> int:
+            async with pool.acquire() as conn, conn.transaction():
+                if first:
+                    await conn.execute(COPY_WATERMARKS, live, gen)
+                return (await detection.close_windows(conn, gen)).windows
+
+        closed, first = 0, True
+        while n := await retry_while_unavailable(partial(chunk, first)):
+            closed, first = closed + n, False
+        log.info("anomaly detector: %d windows of generation %d closed before the swap", closed, gen)
 
     async def _swap(
         self,
@@ -330,6 +359,9 @@ class ProjectionRebuild:
                     old,
                 )
                 await catch_up({(r["topic"], r["partition"]): r["next_offset"] for r in live})
+                if self.detection is not None:
+                    # The few windows the live writer closed since _detect's pass.
+                    await self.detection.catch_up(conn, gen, int(old))
                 await conn.execute("SELECT tracker_point_frames_views($1)", gen)
                 await conn.execute(
                     "UPDATE projection_replays SET status = 'swapped', lag_events = 0, eta_s = 0, "

@@ -29,8 +29,9 @@ class GenerationStatements:
         self.frame_table, self.stage_table = fm, ps
         self.frame_stats_table, self.stage_stats_table = fsh, pst
         self.failure_stats_table, self.stage_camera_stats_table = fst, scs
-        # The generation's time-partitioned tables (``tracker_ensure_partitions``).
-        self.tables = (fm, ps, fsh, pst, fst, scs)
+        # The generation's time-partitioned tables (``tracker_ensure_partitions``);
+        # the anomalies' windows are of the same days as the frames (sql/008).
+        self.tables = (fm, ps, fsh, pst, fst, scs, f"anomalies_g{g}")
         fcols = ", ".join(FRAME_COLS)
         scols = ", ".join(STAGE_COLS)
         fset = ", ".join(f"{c} = EXCLUDED.{c}" for c in FRAME_COLS[2:]) + ", updated_at = now()"

@@ -11,8 +11,9 @@ in, finds them changed, writes nothing, and re-seeks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -34,6 +35,7 @@ from projections.fold import (
     BatchFold,
     FailureKey,
     FailureStat,
+    ProjEvent,
     failure_totals,
     merge_batch,
 )
@@ -135,8 +137,29 @@ class FramesProjectionStore(ProjectionStore):
             await call_db(run)
         known |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
 
+    async def apply_then(
+        self,
+        events: Sequence[ProjEvent],
+        *,
+        generation: int,
+        positions: Positions,
+        check_live: bool,
+        then: Callable[[asyncpg.Connection], Awaitable[Any]],
+    ) -> ApplyResult:
+        """:meth:`apply`, and ``then(conn)`` in the same transaction after the rows
+        (the anomaly detector closing the windows the batch let close)."""
+        folded = BatchFold().extend(events)
+        return await self._apply_folded(folded, len(events), generation, positions, check_live, then=then)
+
     async def _apply_folded(
-        self, batch: BatchFold, n_events: int, generation: int, positions: Positions, check_live: bool
+        self,
+        batch: BatchFold,
+        n_events: int,
+        generation: int,
+        positions: Positions,
+        check_live: bool,
+        *,
+        then: Callable[[asyncpg.Connection], Awaitable[Any]] | None = None,
     ) -> ApplyResult:
         await self.ensure_partitions(generation, [r.frame_timestamp for r in batch.frames.values()])
         s = self._s(generation)
@@ -155,6 +178,8 @@ class FramesProjectionStore(ProjectionStore):
                     }
                     check_expected_checkpoints(stored, positions)
                 result = await self._write(conn, s, batch) if batch.frames else ApplyResult(0, 0, 0)
+                if then is not None:
+                    await then(conn)
                 if positions:
                     await conn.executemany(
                         UPSERT_CHECKPOINT,

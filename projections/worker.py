@@ -19,6 +19,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import Gauge
 
+from projections.anomalies import AnomalyDetection
+from projections.detector import DetectorConfig
 from projections.events import from_kafka
 from projections.fold import ProjEvent
 from projections.store import PROJECTION, CheckpointConflict, FramesProjectionStore, GenerationChanged
@@ -60,6 +62,12 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
         self.generation = 0
         # (topic, partition) -> the checkpoint we believe is stored (None: no row yet)
         self._expected: dict[tuple[str, int], int | None] = {}
+        an = settings.anomaly
+        self.detection = (
+            AnomalyDetection(DetectorConfig(window_s=an.window_s, lateness_s=an.lateness_s))
+            if an.enabled
+            else None
+        )
 
     @property
     def store(self) -> FramesProjectionStore:
@@ -128,10 +136,31 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
             return 0
         n = sum(decoded.records[key] for key in positions)
         events = [e for key in positions for e in decoded.events[key]]
+        detection = self.detection
         try:
-            await self.durable(
-                lambda: store.apply(events, generation=self.generation, positions=positions, check_live=True)
-            )
+            if detection is None:
+                await self.durable(
+                    lambda: store.apply(
+                        events, generation=self.generation, positions=positions, check_live=True
+                    )
+                )
+            else:
+                # The latest capture time of each partition of the batch: its watermark.
+                marks = {
+                    key: max(e.frame_timestamp for e in decoded.events[key])
+                    for key in positions
+                    if decoded.events[key]
+                }
+                generation = self.generation
+                await self.durable(
+                    lambda: store.apply_then(
+                        events,
+                        generation=generation,
+                        positions=positions,
+                        check_live=True,
+                        then=lambda conn: detection.advance(conn, generation, marks),
+                    )
+                )
         except (CheckpointConflict, GenerationChanged) as e:
             await self._resync(e)
             return 0

@@ -250,6 +250,24 @@ class ApiSettings(_Group):
 
 
 @dataclass(frozen=True)
+class AnomalySettings(_Group):
+    """Learned anomaly detection, kept by the projection writer (projections/anomalies.py):
+    windows of ``window_s`` seconds of capture time, closed ``lateness_s`` after
+    every partition has passed their end. A generation keeps the window and
+    lateness it started with; these apply to a new one."""
+
+    enabled: bool = field(default=True, metadata=_env("TRACKER_ANOMALY_DETECTION"))
+    window_s: int = field(default=10, metadata=_env("TRACKER_ANOMALY_WINDOW_S"))
+    lateness_s: int = field(default=10, metadata=_env("TRACKER_ANOMALY_LATENESS_S"))
+
+    def validate(self) -> None:
+        if not 1 <= self.window_s <= 3600:
+            raise ConfigError("TRACKER_ANOMALY_WINDOW_S must be within 1..3600")
+        if not 0 <= self.lateness_s <= 3600:
+            raise ConfigError("TRACKER_ANOMALY_LATENESS_S must be within 0..3600")
+
+
+@dataclass(frozen=True)
 class LogSettings(_Group):
     level: str = field(default="INFO", metadata=_env("TRACKER_LOG_LEVEL"))
     format: str = field(default="json", metadata=_env("TRACKER_LOG_FORMAT"))
@@ -271,6 +289,7 @@ class Settings:
     queries: QuerySettings = field(default_factory=QuerySettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @classmethod

@@ -197,3 +197,28 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose ``/metrics`` on a background thread (workers without an HTTP API)."""
     if port:
         start_http_server(port, addr=host, registry=REGISTRY)
+
+
+# Anomaly detection (projections/anomalies.py), by the projection writer that
+# closes the windows. Labels are camera, stage ('' for a camera's own) and
+# kind; never a frame id.
+anomalies = Counter(
+    "tracker_anomalies",
+    "Anomalies found: episodes opened (consecutive abnormal windows of a camera, stage and kind) "
+    "and, as kind slow_frame, frames of slow windows (exemplar: the frame's trace).",
+    ["camera_id", "stage", "kind"],
+    registry=REGISTRY,
+)
+anomalous_windows = Counter(
+    "tracker_anomalous_windows",
+    "Closed detection windows found abnormal, by camera, stage and kind (what the alert reads).",
+    ["camera_id", "stage", "kind"],
+    registry=REGISTRY,
+)
+anomaly_score = Gauge(
+    "tracker_anomaly_score",
+    "Score of the latest abnormal window of an open episode (in spreads or -log10 of a tail "
+    "probability); 0 once the episode ended.",
+    ["camera_id", "stage", "kind"],
+    registry=REGISTRY,
+)

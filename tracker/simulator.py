@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from opentelemetry import trace
 
 from tracker import events as ev
 from tracker.domain import Frame, FrameError, ProcessingState
+from tracker.errors import UsageError
 from tracker.publisher import FramePublisher
 from tracker.telemetry import get_tracer
 
@@ -32,6 +35,122 @@ STAGE_ERRORS = {
     "analyze": ("AnalysisError", "no object track could be formed"),
     "notify": ("WebhookError", "notification endpoint answered 503"),
 }
+
+
+#: Injection kinds, and the anomaly kind each should be detected as (None: must not alarm).
+INJECTION_KINDS = {
+    "slow": "stage_slow",
+    "errors": "failure_burst",
+    "silent": "camera_silent",
+    "drift": None,
+}
+_INJECTION = re.compile(
+    r"(?P<kind>[a-z]+)@(?P<camera>[A-Za-z0-9._-]+)(?:/(?P<stage>[a-z]+))?"
+    r":(?P<start>\d+(?:\.\d+)?)\+(?P<duration>\d+(?:\.\d+)?)(?:x(?P<factor>\d+(?:\.\d+)?))?"
+)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """A labelled anomaly the simulator injects, in seconds of simulated time:
+
+    - ``slow@cam-002/detect:120+60x3``: the stage runs 3x slower on that camera for 60 s from 120 s;
+    - ``errors@cam-002/analyze:120+60x0.5``: the stage fails with probability 0.5 meanwhile;
+    - ``silent@cam-002:120+60``: the camera sends no frame meanwhile;
+    - ``drift@cam-002/notify:0+1800x2``: the stage slows gradually to 2x over 1800 s and stays so
+      (a drift that should be learned, not alarmed).
+    """
+
+    kind: str
+    camera_id: str
+    stage: str
+    start_s: float
+    duration_s: float
+    factor: float
+
+    @classmethod
+    def parse(cls, spec: str) -> Injection:
+        m = _INJECTION.fullmatch(spec.strip())
+        if m is None:
+            raise UsageError(
+                f"--inject {spec!r}: expected KIND@CAMERA[/STAGE]:START+DURATION[xFACTOR], "
+                "e.g. slow@cam-002/detect:120+60x3"
+            )
+        kind, stage = m["kind"], m["stage"] or ""
+        if kind not in INJECTION_KINDS:
+            raise UsageError(
+                f"--inject {spec!r}: unknown kind {kind!r} (one of {', '.join(INJECTION_KINDS)})"
+            )
+        if kind != "silent" and stage not in STAGES:
+            raise UsageError(f"--inject {spec!r}: {kind} needs a stage, one of {', '.join(STAGES)}")
+        if kind == "silent" and stage:
+            raise UsageError(f"--inject {spec!r}: silent applies to a whole camera, without a stage")
+        default = {"slow": 3.0, "errors": 0.5, "silent": 1.0, "drift": 2.0}[kind]
+        factor = float(m["factor"]) if m["factor"] else default
+        duration = float(m["duration"])
+        if duration <= 0:
+            raise UsageError(f"--inject {spec!r}: the duration must be positive")
+        if kind == "errors" and not 0 < factor <= 1:
+            raise UsageError(f"--inject {spec!r}: an error burst's factor is a probability in (0, 1]")
+        if kind in ("slow", "drift") and factor <= 0:
+            raise UsageError(f"--inject {spec!r}: the factor must be positive")
+        return cls(kind, m["camera"], stage, float(m["start"]), duration, factor)
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def active(self, camera_id: str, t: float) -> bool:
+        return camera_id == self.camera_id and self.start_s <= t < self.end_s
+
+    def truth(self, start: datetime) -> dict[str, Any]:
+        """The ground truth of this injection, as the simulator writes it."""
+        return {
+            "kind": self.kind,
+            "camera_id": self.camera_id,
+            "stage": self.stage,
+            "start": (start + timedelta(seconds=self.start_s)).isoformat(),
+            "end": (start + timedelta(seconds=self.end_s)).isoformat(),
+            "factor": self.factor,
+            "expect": INJECTION_KINDS[self.kind],
+        }
+
+
+@dataclass(frozen=True)
+class Injections:
+    """What the injections do to one frame (empty: the clean mix, unchanged)."""
+
+    items: tuple[Injection, ...] = ()
+
+    def silent(self, camera_id: str, t: float) -> bool:
+        return any(i.kind == "silent" and i.active(camera_id, t) for i in self.items)
+
+    def slowdown(self, camera_id: str, stage: str, t: float) -> float:
+        f = 1.0
+        for i in self.items:
+            if i.camera_id != camera_id or i.stage != stage:
+                continue
+            if i.kind == "slow" and i.active(camera_id, t):
+                f *= i.factor
+            elif i.kind == "drift" and t >= i.start_s:
+                f *= 1 + (i.factor - 1) * min(1.0, (t - i.start_s) / i.duration_s)
+        return f
+
+    def failure_probability(self, camera_id: str, stage: str, t: float) -> float:
+        return max(
+            (
+                i.factor
+                for i in self.items
+                if i.kind == "errors" and i.stage == stage and i.active(camera_id, t)
+            ),
+            default=0.0,
+        )
+
+    def write_truth(self, path: Any, start: datetime) -> None:
+        payload = {"start": start.isoformat(), "injections": [i.truth(start) for i in self.items]}
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
 
 
 @dataclass(frozen=True)
@@ -46,6 +165,7 @@ class SimulationConfig:
     realtime: bool = True
     start: datetime | None = None
     camera_prefix: str = "cam"
+    injections: Injections = field(default_factory=Injections)
 
     @property
     def frames(self) -> int:
@@ -102,6 +222,13 @@ def plan_frame(
     clock.t += 0.00005  # the first stage starts just after processing does
     fail_at = rng.choice(STAGES) if rng.random() < cfg.failure_rate else None
     slow_at = rng.choice(STAGES) if rng.random() < cfg.slow_rate else None
+    inj = cfg.injections
+    if inj.items and fail_at is None:
+        for name in STAGES:
+            p = inj.failure_probability(camera_id, name, capture_s)
+            if p and rng.random() < p:
+                fail_at = name
+                break
     for name in STAGES:
         retried = rng.random() < cfg.retry_rate
         attempts = 2 if retried else 1
@@ -110,6 +237,8 @@ def plan_frame(
             out.append((clock.t, ev.stage_started(stage, processor)))
             median, sigma = STAGE_TIMING[name]
             ms = median * rng.lognormvariate(0, sigma) * (10 if slow_at == name else 1)
+            if inj.items:
+                ms *= inj.slowdown(camera_id, name, capture_s)
             clock.t += ms / 1000.0
             final_attempt = attempt == attempts
             if (retried and not final_attempt) or (fail_at == name and final_attempt):
@@ -160,6 +289,8 @@ async def simulate(
         nonlocal seq
         for c, camera in enumerate(cameras):
             capture = i * interval + rng.uniform(0, interval * 0.1) + c * 1e-6
+            if cfg.injections.silent(camera, capture):
+                continue
             planned = plan_frame(rng, cfg, camera, capture, start, processors[c % len(processors)])
             for t, e in planned:
                 heapq.heappush(heap, (t, seq, e))

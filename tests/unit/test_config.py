@@ -63,6 +63,9 @@ VARIABLES: list[tuple[str, str, str, Any]] = [
     ("TRACKER_API_HOST", "api.host", "0.0.0.0", "0.0.0.0"),
     ("TRACKER_API_PORT", "api.port", "9000", 9000),
     ("TRACKER_API_TOKEN", "api.token", "tok", Secret("tok")),
+    ("TRACKER_ANOMALY_DETECTION", "anomaly.enabled", "off", False),
+    ("TRACKER_ANOMALY_WINDOW_S", "anomaly.window_s", "30", 30),
+    ("TRACKER_ANOMALY_LATENESS_S", "anomaly.lateness_s", "0", 0),
     ("TRACKER_LOG_LEVEL", "log.level", "DEBUG", "DEBUG"),
     ("TRACKER_LOG_FORMAT", "log.format", "text", "text"),
 ]

@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--fast", action="store_true", help="publish as fast as Kafka takes it")
     s.add_argument("--ids-out", type=Path, help="write every published event id to this file")
+    s.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject a labelled anomaly (repeatable): slow@cam-001/detect:120+60x3, "
+        "errors@cam-001/analyze:120+60x0.5, silent@cam-001:120+60, drift@cam-001/notify:0+1800x2 "
+        "(seconds of simulated time: START+DURATION)",
+    )
+    s.add_argument("--truth-out", type=Path, help="write the injections' ground truth (JSON) to this file")
+    s.add_argument(
+        "--start", type=_timestamp, metavar="TIME", help="capture time of the first frame (default: now)"
+    )
     s.add_argument("--json", action="store_true")
 
     c = sub.add_parser("consume", help="event-store consumer worker")

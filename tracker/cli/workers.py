@@ -20,11 +20,17 @@ W = TypeVar("W", bound="KafkaWorker[Any]")
 
 
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from tracker.publisher import FramePublisher
     from tracker.runtime import on_stop_signals
-    from tracker.simulator import SimulationConfig, simulate
+    from tracker.simulator import Injection, Injections, SimulationConfig, simulate
     from tracker.telemetry import setup_tracing
 
+    injections = Injections(tuple(Injection.parse(spec) for spec in args.inject))
+    start = args.start or datetime.now(UTC)
+    if args.truth_out is not None:
+        injections.write_truth(args.truth_out, start)
     setup_tracing("tracker-simulator")
     cfg = SimulationConfig(
         cameras=args.cameras,
@@ -34,6 +40,8 @@ async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         retry_rate=args.retry_rate,
         seed=args.seed,
         realtime=not args.fast,
+        start=start,
+        injections=injections,
     )
     stop = asyncio.Event()
     on_stop_signals(stop.set)
@@ -82,7 +90,7 @@ async def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
             return EventStoreConsumer(s)
         from projections.inline import InlineFrames
 
-        return EventStoreConsumer(s, inline=InlineFrames())
+        return EventStoreConsumer(s, inline=InlineFrames.from_settings(s))
 
     _, stats = await _run_worker(settings, args, "tracker-event-store", make)
     counts = ("records", "stored", "duplicates", "dead_lettered", "flagged", "batches")
