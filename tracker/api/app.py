@@ -178,6 +178,14 @@ async def failures(request: web.Request) -> web.Response:
     return web.json_response(await q.get_failure_analysis(_float_param(request, "hours", 24.0)), dumps=_dumps)
 
 
+async def anomalies(request: web.Request) -> web.Response:
+    q = request.app[QUERIES]
+    found = await q.find_anomalies(
+        _float_param(request, "hours", 1.0), limit=_int_param(request, "limit", 100)
+    )
+    return web.json_response(found, dumps=_dumps)
+
+
 async def camera_stats(request: web.Request) -> web.Response:
     q = request.app[QUERIES]
     return web.json_response(
@@ -293,6 +301,7 @@ def build_app(
     app.router.add_get("/api/v1/stats/baselines", baselines)
     app.router.add_get("/api/v1/slow-frames", slow_frames)
     app.router.add_get("/api/v1/failures", failures)
+    app.router.add_get("/api/v1/anomalies", anomalies)
     app.router.add_get("/api/v1/stats/cameras", camera_stats)
     app.router.add_get("/api/v1/stats/stages", stage_stats)
     ui.add_routes(app, settings, queries, ui_config or ui.UiConfig())

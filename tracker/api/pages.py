@@ -17,6 +17,7 @@ from typing import Any
 
 from tracker.api.gantt import gantt
 from tracker.api.html import DASH, Markup, esc, fmt_ms, fmt_time, join, path_part, render, safe_url
+from tracker.queries.shaping import describe_anomaly
 
 FINAL_STATES = ("completed", "failed", "conflicted")
 
@@ -310,6 +311,16 @@ def _anomalies(j: dict[str, Any]) -> Markup:
     return render('<ul id="anomalies" class="anomalies">{i}</ul>', i=join(items))
 
 
+def _detected(j: dict[str, Any]) -> Markup:
+    found = j.get("detected_anomalies") or []
+    if not found:
+        return render(
+            '<p id="detected" class="empty">None: the learned detector found nothing abnormal here.</p>'
+        )
+    items = [render("<li>{d}</li>", d=describe_anomaly(a)) for a in found]
+    return render('<ul id="detected" class="anomalies">{i}</ul>', i=join(items))
+
+
 def frame_main(
     j: dict[str, Any], base: dict[str, Any] | None, *, now: datetime, grafana_url: str, trace_url: Any
 ) -> Markup:
@@ -319,6 +330,7 @@ def frame_main(
         '<h1>Frame <code id="frame-id">{fid}</code></h1>{header}{links}'
         "{live_note}<section><h2>Timeline</h2>{gantt}</section>"
         "<section><h2>Is this normal?</h2>{normal}</section>"
+        "<section><h2>Detected anomalies</h2>{detected}</section>"
         "<section><h2>Lifecycle anomalies</h2>{anomalies}</section>"
         "<section><h2>Events</h2>{events}</section></main>",
         live="1" if live else "0",
@@ -332,6 +344,7 @@ def frame_main(
         else "",
         gantt=gantt(j, now),
         normal=_normal(j, base),
+        detected=_detected(j),
         anomalies=_anomalies(j),
         events=_events(j, trace_url),
     )

@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--hours", type=_positive_float, default=24.0)
     f.add_argument("--json", action="store_true")
 
+    an = sub.add_parser("anomalies", help="what the learned detector found abnormal")
+    an.add_argument("--hours", type=_positive_float, default=1.0)
+    an.add_argument("--limit", type=_positive_int, default=100)
+    an.add_argument("--json", action="store_true")
+
     st = sub.add_parser("stats", help="per-camera and per-stage statistics")
     st.add_argument("--hours", type=_positive_float, default=1.0)
     st.add_argument("--json", action="store_true")

@@ -1,4 +1,4 @@
-"""The read side: ``journey``, ``slow``, ``failures``, ``stats``, ``status``.
+"""The read side: ``journey``, ``slow``, ``failures``, ``anomalies``, ``stats``, ``status``.
 
 An argument the queries refuse (``InvalidQuery``) exits 2, like a bad argument.
 """
@@ -71,6 +71,27 @@ async def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
         if a["stage_failures"]:
             lines.append("\nfailed stage runs (including retried ones):")
             lines.append(table(a["stage_failures"], ["stage", "error_type", "failures", "last_seen"]))
+        return "\n".join(lines)
+
+    return emit(args, a, text)
+
+
+async def cmd_anomalies(settings: Settings, args: argparse.Namespace) -> int:
+    from tracker.queries import FrameTrackingQueries
+    from tracker.queries.shaping import describe_anomaly
+
+    async with await FrameTrackingQueries.connect(settings) as q:
+        a = await q.find_anomalies(args.hours, limit=min(args.limit, 1000))
+
+    def text() -> str:
+        if not a["anomalies"]:
+            return f"no anomaly in the last {args.hours:g} h"
+        lines = [f"last {args.hours:g} h: {len(a['anomalies'])} anomalies"]
+        for x in a["anomalies"]:
+            line = f"  {describe_anomaly(x)}"
+            if x["frames"]:
+                line += f"; {x['frames']} slow frames, e.g. {x['sample_frame_id']}"
+            lines.append(line)
         return "\n".join(lines)
 
     return emit(args, a, text)

@@ -39,6 +39,10 @@ def render_journey(j: dict[str, Any]) -> str:
         out.append(f"error: {e['type']} in {e.get('stage') or '?'}: {e.get('message')}")
     if j.get("anomalies"):
         out.append(f"anomalies: {', '.join(j['anomalies'])}")
+    if j.get("detected_anomalies"):
+        from tracker.queries.shaping import describe_anomaly
+
+        out.extend(f"detected: {describe_anomaly(a)}" for a in j["detected_anomalies"])
     if j.get("trace"):
         out.append(f"trace: {j['trace']['url']}")
     out.append("")

@@ -101,22 +101,29 @@ class FrameTrackingQueries:
     async def get_frame_journey(self, frame_id: str) -> dict[str, Any]:
         check_frame_id(frame_id)
 
-        async def run() -> tuple[Any, list[asyncpg.Record], list[asyncpg.Record]]:
+        async def run() -> tuple[Any, list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
             async with (
                 self._pool.acquire() as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
-                # One snapshot: frame row, events and stages agree with each other.
+                # One snapshot: frame row, events, stages and anomalies agree with each other.
+                frame = await conn.fetchrow(statements.JOURNEY_FRAME, frame_id)
+                anomalies = []
+                if frame is not None:
+                    anomalies = await conn.fetch(
+                        statements.JOURNEY_ANOMALIES, frame_id, frame["camera_id"], frame["frame_timestamp"]
+                    )
                 return (
-                    await conn.fetchrow(statements.JOURNEY_FRAME, frame_id),
+                    frame,
                     await conn.fetch(statements.JOURNEY_EVENTS, frame_id),
                     await conn.fetch(statements.JOURNEY_STAGES, frame_id),
+                    anomalies,
                 )
 
-        frame, events, stages = await call_db(run)
+        frame, events, stages, anomalies = await call_db(run)
         if frame is None and not events:
             raise NotFound(f"frame {frame_id!r} not found")
-        return frame_journey(frame_id, frame, events, stages, self.trace_link)
+        return frame_journey(frame_id, frame, events, stages, self.trace_link, anomalies)
 
     async def find_slow_frames(
         self, threshold_ms: float, hours: float, camera_id: str | None = None, limit: int = 100
@@ -188,6 +195,15 @@ class FrameTrackingQueries:
         since = datetime.now(UTC) - timedelta(hours=hours)
         rows = await self._fetch(statements.RECENT_FAILED, since, limit)
         return shaping.frame_list(rows, self.trace_link)
+
+    async def find_anomalies(self, hours: float, limit: int = 100) -> dict[str, Any]:
+        """Anomaly episodes of the last ``hours`` (those still going on, or that
+        ended in the window), latest first, with the count of each kind."""
+        check_hours(hours)
+        check_limit(limit)
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        rows = await self._fetch(statements.ANOMALIES, since, limit)
+        return shaping.anomalies(hours, since, rows, self.trace_link)
 
     async def get_baselines(self, camera_id: str, at: datetime) -> dict[str, Any]:
         """p50/p95 in the hour holding ``at``, from the hourly rollups: of the

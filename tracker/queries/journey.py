@@ -8,16 +8,23 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tracker.queries.shaping import Linker, Row, iso, pick, round_ms
+from tracker.queries.shaping import Linker, Row, anomaly, iso, pick, round_ms
 
 _TIMESTAMPS = ("captured_at", "queued_at", "processing_started_at", "completed_at", "failed_at")
 
 
 def frame_journey(
-    frame_id: str, frame: Row | None, events: Sequence[Row], stages: Sequence[Row], link: Linker
+    frame_id: str,
+    frame: Row | None,
+    events: Sequence[Row],
+    stages: Sequence[Row],
+    link: Linker,
+    detected: Sequence[Row] = (),
 ) -> dict[str, Any]:
     """``frame`` is None for a frame that is stored but not projected yet; then
-    ``events`` has at least one row."""
+    ``events`` has at least one row. ``anomalies`` are the lifecycle flags of
+    its events; ``detected_anomalies`` what the detector found: the frame's
+    own slow stages, and the episodes of its camera it was captured in."""
     traces: dict[str, dict[str, Any]] = {}
     for e in events:
         if e["trace_id"] and e["trace_id"] not in traces:
@@ -33,6 +40,7 @@ def frame_journey(
         "stages": [_stage(s) for s in stages],
         "traces": list(traces.values()),
         "anomalies": sorted({e["lifecycle_flag"] for e in events if e["lifecycle_flag"]}),
+        "detected_anomalies": [anomaly(a) for a in detected],
     }
     if frame is not None:
         out.update(

@@ -220,3 +220,65 @@ def baselines(
         "camera_stages": [{"stage": r["stage"], **summary(r)} for r in camera_stages],
         "stages": [{"stage": r["stage"], **summary(r)} for r in stages],
     }
+
+
+# What an anomaly's expected and observed figures are measured in, by kind.
+ANOMALY_UNITS = {
+    "stage_slow": "ms",
+    "slow_frame": "ms",
+    "failure_burst": "failures/run",
+    "frame_rate_drop": "frames/window",
+    "camera_silent": "frames/window",
+}
+
+
+def anomaly(r: Row) -> dict[str, Any]:
+    """One row of ``anomalies``: an episode, or a frame of a slow window."""
+    return {
+        "kind": r["kind"],
+        "camera_id": r["camera_id"],
+        "stage": r["stage"] or None,
+        "frame_id": r["frame_id"] or None,
+        "started_at": iso(r["started_at"]),
+        "ended_at": iso(r["ended_at"]),
+        "windows": int(r["windows"]),
+        "score": round(float(r["score"]), 3),
+        "expected": round_ms(r["expected"]),
+        "observed": round_ms(r["observed"]),
+        "unit": ANOMALY_UNITS.get(r["kind"], ""),
+        "detected_at": iso(r["detected_at"]),
+    }
+
+
+def anomalies(hours: float, since: datetime, rows: Iterable[Row], link: Linker) -> dict[str, Any]:
+    out = []
+    counts: dict[str, int] = {}
+    for r in rows:
+        found = link(r["trace_id"])
+        out.append(
+            {
+                **anomaly({**r, "frame_id": ""}),
+                "recorded_at": iso(r["recorded_at"]),
+                "frames": int(r["frames"] or 0),
+                "sample_frame_id": r["sample_frame_id"],
+                "trace": {"trace_id": found.trace_id, "url": found.url} if found else None,
+            }
+        )
+        counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    return {"hours": hours, "since": iso(since), "anomalies": out, "counts": dict(sorted(counts.items()))}
+
+
+def describe_anomaly(a: dict[str, Any]) -> str:
+    """One line: what was abnormal, against what was expected."""
+    where = a["camera_id"] + (f" {a['stage']}" if a.get("stage") else "")
+    exp, obs, unit = a.get("expected"), a.get("observed"), a.get("unit")
+    if a["kind"] in ("stage_slow", "slow_frame") and exp:
+        what = f"{obs:.1f} ms, {obs / exp:.1f}x the usual {exp:.1f} ms"
+    elif a["kind"] == "failure_burst" and exp is not None:
+        what = f"{obs:.0%} of runs failed, usually {exp:.1%}"
+    elif exp is not None:
+        what = f"{obs:g} {unit}, usually {exp:.1f}"
+    else:
+        what = f"observed {obs}"
+    span = "" if a["kind"] == "slow_frame" else f" from {a['started_at']} to {a['ended_at']}"
+    return f"{a['kind']} on {where}: {what} (score {a['score']:.1f}){span}"

@@ -162,3 +162,31 @@ SELECT stage, duration_count AS timed, duration_sum_ms AS time_sum_ms, duration_
 FROM performance_stats WHERE hour = $1
 ORDER BY stage
 """
+
+# Anomaly episodes (frame_id '') that overlap the window, latest first, with
+# how many frames of slow windows each reported and the worst of them.
+ANOMALIES = """
+SELECT a.kind, a.camera_id, a.stage, a.started_at, a.ended_at, a.windows, a.score, a.expected,
+       a.observed, a.detected_at, a.recorded_at, a.trace_id, f.frames, f.sample_frame_id
+FROM anomalies a
+LEFT JOIN LATERAL (
+    SELECT count(*) AS frames, (array_agg(s.frame_id ORDER BY s.score DESC, s.frame_id))[1] AS sample_frame_id
+    FROM anomalies s
+    WHERE a.kind = 'stage_slow' AND s.kind = 'slow_frame' AND s.camera_id = a.camera_id
+      AND s.stage = a.stage AND s.started_at >= a.started_at AND s.started_at < a.ended_at
+) f ON true
+WHERE a.frame_id = '' AND a.ended_at >= $1
+ORDER BY a.started_at DESC, a.kind, a.camera_id, a.stage
+LIMIT $2
+"""
+# A frame's own anomalies (a slow stage) and the episodes of its camera that
+# its capture time falls in.
+JOURNEY_ANOMALIES = """
+SELECT kind, camera_id, stage, frame_id, started_at, ended_at, windows, score, expected, observed,
+       detected_at
+FROM anomalies
+WHERE frame_id = $1
+   OR (frame_id = '' AND camera_id = $2 AND started_at <= $3 AND ended_at > $3
+       AND started_at > $3 - interval '1 day')
+ORDER BY started_at, kind, stage
+"""
