@@ -200,6 +200,8 @@ def check_structure(dashboards: Mapping[str, Mapping[str, Any]]) -> Problems:
         ),
         "DLQ growth": r"increase\(tracker_dlq_records_total",
         "worker throughput": r"rate\(tracker_worker_records_total",
+        "anomaly score": r"tracker_anomaly_score",
+        "anomalies found": r"rate\(tracker_anomalies_total",
     }
     for what, pattern in wanted.items():
         if not any(re.search(pattern, e) for e in prom_exprs):

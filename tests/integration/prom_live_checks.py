@@ -29,6 +29,13 @@ ONLY_AFTER_AN_OUTAGE = {
     "tracker_worker_paused": "set only when a worker pauses fetching (database outage)",
     "tracker_db_retries_total": "incremented only when a database operation is retried",
 }
+# ... and these once the anomaly detector has found something (the live run's
+# few seconds of traffic are far shorter than a baseline's warm-up).
+ONLY_AFTER_AN_ANOMALY = {
+    "tracker_anomaly_score": "set when a window is found abnormal",
+    "tracker_anomalies_total": "incremented when an anomaly is found",
+    "tracker_anomalous_windows_total": "incremented when a window is found abnormal",
+}
 
 # What each alert's expression must return in the live run: True = data (the
 # condition holds), False = nothing, None = either (depends on the simulated
@@ -43,6 +50,7 @@ LIVE_ALERT_EXPECTATIONS: dict[str, bool | None] = {
     "TrackerProjectionLagHigh": False,
     "TrackerWorkerDown": False,  # both workers are up
     "TrackerWorkerPaused": False,
+    "FrameAnomalyDetected": False,  # clean traffic, and shorter than a baseline's warm-up
 }
 
 
@@ -73,7 +81,7 @@ def dashboard_queries(targets: Iterable[PromTarget], cameras: Sequence[str]) -> 
     out = []
     for t in targets:
         expr = grafana_to_promql(t.expr, {"camera": cameras}, interval=t.interval)
-        optional = any(metric in t.expr for metric in ONLY_AFTER_AN_OUTAGE)
+        optional = any(metric in t.expr for metric in (*ONLY_AFTER_AN_OUTAGE, *ONLY_AFTER_AN_ANOMALY))
         out.append(Query(t.name, expr, not optional, finite="histogram_quantile" in expr and not optional))
     return out
 
