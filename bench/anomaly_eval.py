@@ -206,8 +206,10 @@ class RiverDetector:
         self, config: DetectorConfig | None = None, *, window_size: int = 60, threshold: float = 0.99999
     ) -> None:
         from river import anomaly
+        from river.utils.math import norm_cdf
 
         self._anomaly = anomaly
+        self._norm_cdf = norm_cdf
         self.config = config or DetectorConfig()
         self.window_size, self.threshold = window_size, threshold
         self.scorers: dict[tuple[str, ...], Any] = {}
@@ -223,7 +225,15 @@ class RiverDetector:
         n = self.seen.get(key, 0)
         # GaussianScorer's own score is two-sided (2|CDF - 0.5|); one side is wanted
         # (slower, more failures, fewer frames), so its Gaussian's CDF is read.
-        s = sc.gaussian.cdf(sign * x) if n >= self.config.warmup_windows else None
+        s = None
+        if n >= self.config.warmup_windows:
+            g = sc.gaussian
+            mu, sigma = g.mu, g.sigma
+            # A series that never varied has no (or, by rounding, a complex) sigma:
+            # a floor of 0.1% of the mean keeps its CDF defined.
+            floor = 1e-3 * max(1.0, abs(mu))
+            sigma = sigma.real if isinstance(sigma, complex) else sigma
+            s = self._norm_cdf((sign * x - mu) / max(sigma, floor))
         sc.learn_one(None, sign * x)
         self.seen[key] = n + 1
         return s

@@ -31,7 +31,7 @@ from tracker import events as ev
 from tracker.adapters.kafka import client_kwargs
 from tracker.codec import FrameEventCodec
 from tracker.config import Settings
-from tracker.simulator import SimulationConfig
+from tracker.simulator import Injection, Injections, SimulationConfig
 
 
 class BatchingSink:
@@ -104,6 +104,7 @@ async def preload(
     seed: int,
     start: datetime,
     partitions: int,
+    inject: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     producer = make_bulk_producer(settings)
@@ -118,6 +119,7 @@ async def preload(
             realtime=False,
             start=start,
             camera_prefix=camera_prefix,
+            injections=Injections(tuple(Injection.parse(spec) for spec in inject)),
         )
         frames = failed = 0
         for _, event in plan_events(cfg):
@@ -148,6 +150,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--start", type=float, required=True, help="epoch seconds of the first capture")
     ap.add_argument("--partitions", type=int, required=True)
+    ap.add_argument("--inject", action="append", default=[], help="as tracker simulate --inject")
     a = ap.parse_args()
     settings = Settings.from_env(topic_prefix=a.prefix)
     out = asyncio.run(
@@ -160,6 +163,7 @@ def main() -> None:
             seed=a.seed,
             start=datetime.fromtimestamp(a.start, UTC),
             partitions=a.partitions,
+            inject=tuple(a.inject),
         )
     )
     print(json.dumps(out), flush=True)

@@ -59,6 +59,19 @@ class Scale:
     soak_mode: str = "pipeline_2w"
     soak_sample_s: float = 10.0
     soak_warmup_s: float = 60.0
+    # The anomaly scenario (bench/scenarios/anomaly.py): its own traffic, event time
+    # running ahead of the clock. Injected minutes (a learning period, then one
+    # injection per slot), clean minutes through the pipeline, and planned hours of
+    # clean traffic judged in process; on/off repetitions of the injected drain.
+    anomaly_cameras: int = 8
+    anomaly_fps: float = 4.0
+    anomaly_minutes: float = 20.0
+    anomaly_clean_minutes: float = 20.0
+    anomaly_planned_hours: float = 2.0
+    anomaly_learn_s: float = 300.0
+    anomaly_slot_s: float = 100.0
+    anomaly_length_s: float = 60.0
+    anomaly_reps: int = 2
 
     def with_overrides(self, **kw: object) -> Scale:
         return replace(self, **kw)  # type: ignore[arg-type]
@@ -107,6 +120,12 @@ SCALES = {
         soak_minutes=2.0,
         soak_sample_s=5.0,
         soak_warmup_s=20.0,
+        anomaly_cameras=6,
+        anomaly_fps=3.0,
+        anomaly_minutes=12.0,
+        anomaly_clean_minutes=10.0,
+        anomaly_planned_hours=1.0,
+        anomaly_reps=1,
     ),
     # The test of the harness itself (tests/integration/test_bench.py): seconds,
     # one repetition; the figures mean nothing.
@@ -139,6 +158,15 @@ SCALES = {
         soak_rate_eps=1_000,
         soak_sample_s=2.0,
         soak_warmup_s=2.0,
+        anomaly_cameras=3,
+        anomaly_fps=2.0,
+        anomaly_minutes=4.0,
+        anomaly_clean_minutes=2.0,
+        anomaly_planned_hours=0.02,
+        anomaly_learn_s=130.0,
+        anomaly_slot_s=40.0,
+        anomaly_length_s=30.0,
+        anomaly_reps=1,
     ),
 }
 

@@ -90,7 +90,7 @@ class _Sql:
     def __init__(self, g: int) -> None:
         ps, fm, an = f"processing_stages_g{g}", f"frame_metadata_g{g}", f"anomalies_g{g}"
         self.first_capture = f"SELECT min(frame_timestamp) FROM {ps}"
-        bucket = "(floor(extract(epoch FROM frame_timestamp) / $3) * $3)::bigint"
+        bucket = "(floor(extract(epoch FROM frame_timestamp) / $3::int) * $3::int)::bigint"
         self.stage_windows = (
             f"SELECT {bucket} AS w, camera_id, stage, count(*) AS runs, "
             "count(*) FILTER (WHERE status IN ('failed', 'conflicted')) AS failures, "
@@ -325,12 +325,15 @@ class AnomalyDetection:
                     trace,
                 )
             )
+        # A frame's stage once (its slowest attempt): one row per frame and stage.
         seen: set[tuple[str, str, str]] = set()
+        reported: list[asyncpg.Record] = []
         for r in sorted(frames, key=lambda r: (r["frame_id"], r["stage"], -r["duration_ms"])):
             key = (r["frame_id"], r["stage"], r["camera_id"])
             if key in seen:
                 continue
             seen.add(key)
+            reported.append(r)
             ts = r["frame_timestamp"]
             w = int(_epoch(ts) // cfg.window_s) * cfg.window_s
             expected = float(r["expected"])
@@ -354,7 +357,7 @@ class AnomalyDetection:
             )
         if rows:
             await conn.execute(s.upsert, *[list(col) for col in zip(*rows, strict=True)])
-        return [r for r in frames if (r["frame_id"], r["stage"], r["camera_id"]) in seen]
+        return reported
 
     async def catch_up(self, conn: asyncpg.Connection, generation: int, live: int) -> int:
         """A rebuild's pass: take the live generation's watermarks and close every

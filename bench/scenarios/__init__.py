@@ -30,6 +30,7 @@ ORDER = (
     "sdk",
     "scale",
     "soak",
+    "anomaly",
     "profile",
 )
 for _name in ORDER:

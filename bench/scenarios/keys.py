@@ -95,6 +95,22 @@ KEYS: tuple[Key, ...] = (
     Key("scale_pg_cpu_us_2", "us", "scale", note="pipeline, 2 workers: PostgreSQL's CPU per event"),
     Key("scale_pg_cpu_us_4", "us", "scale", note="pipeline, 4 workers: PostgreSQL's CPU per event"),
     Key("scale_partitions", "per topic", "scale", note="partitions of the scale scenario's topics"),
+    Key("anomaly_precision", "", "anomaly", ">= 0.9", "episodes matching an injection / all episodes"),
+    Key("anomaly_recall", "", "anomaly", ">= 0.9", "injections meant to alarm that an episode matched"),
+    Key("anomaly_delay_p50_s", "s", "anomaly", "<= 60", "event time: injection start -> first known"),
+    Key("anomaly_false_alarms_per_hour", "1/h", "anomaly", "<= 1", "episodes on clean traffic"),
+    Key("anomaly_static_precision", "", "anomaly", note="static thresholds, same windows"),
+    Key("anomaly_static_recall", "", "anomaly", note="static thresholds, same windows"),
+    Key("anomaly_static_delay_p50_s", "s", "anomaly", note="static thresholds, same windows"),
+    Key("anomaly_static_false_alarms_per_hour", "1/h", "anomaly", note="static thresholds, clean windows"),
+    Key("anomaly_river_precision", "", "anomaly", note="river GaussianScorer, same windows"),
+    Key("anomaly_river_recall", "", "anomaly", note="river GaussianScorer, same windows"),
+    Key("anomaly_river_delay_p50_s", "s", "anomaly", note="river GaussianScorer, same windows"),
+    Key("anomaly_river_false_alarms_per_hour", "1/h", "anomaly", note="river GaussianScorer, clean windows"),
+    Key("anomaly_cpu_us_per_event", "us", "anomaly", note="worker + PostgreSQL CPU per event, on minus off"),
+    Key("anomaly_pipeline_eps_on", "events/s", "anomaly", note="consume --inline-projection, detection on"),
+    Key("anomaly_pipeline_eps_off", "events/s", "anomaly", note="the same traffic, detection off"),
+    Key("anomaly_pipeline_ratio", "x", "anomaly", ">= 0.9", "eps on / eps off"),
     Key("kafka_version", "", "environment"),
     Key("postgres_version", "", "environment"),
     Key("partitions", "per topic", "environment"),
@@ -114,7 +130,19 @@ DERIVED = (
 )
 # Keys that may be null, provided a "<key>_note" says why: the peers (which may
 # not be installed) and the ratios derived from figures of other scenarios.
-NULLABLE = ("peer_connect_eps", "peer_quix_eps", *DERIVED)
+NULLABLE = (
+    "peer_connect_eps",
+    "peer_quix_eps",
+    *DERIVED,
+    # The anomaly scenario's comparisons: a figure of nothing found (no episode:
+    # no precision, no delay) or river not installed.
+    *(
+        f"anomaly{a}_{k}"
+        for a in ("", "_static", "_river")
+        for k in ("precision", "recall", "delay_p50_s", "false_alarms_per_hour")
+    ),
+    "anomaly_pipeline_ratio",
+)
 
 
 def derive(f: dict[str, Any], details: dict[str, Any]) -> dict[str, str]:
