@@ -92,6 +92,7 @@ async def test_every_documented_endpoint_answers_as_documented(server: Server, d
         "/api/v1/stats/baselines": ("/api/v1/stats/baselines", {"camera_id": "cam-001"}),
         "/api/v1/slow-frames": ("/api/v1/slow-frames", {"threshold_ms": "100", "hours": "1"}),
         "/api/v1/failures": ("/api/v1/failures", {"hours": "24"}),
+        "/api/v1/anomalies": ("/api/v1/anomalies", {"hours": "1"}),
         "/api/v1/stats/cameras": ("/api/v1/stats/cameras", {"hours": "1"}),
         "/api/v1/stats/stages": ("/api/v1/stats/stages", {}),
     }
