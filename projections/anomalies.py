@@ -202,6 +202,8 @@ class AnomalyDetection:
         if not starts:
             return Closed(0, [], 0)
         det = self._detector(generation, locked["next_window"], locked["state"], cfg)
+        # Mutated below: if this transaction fails, the next attempt reads the stored state.
+        self._cached = None
         open_before = dict(det.open)
         windows, p95s = await self.windows(
             conn, generation, starts[0], starts[-1] + cfg.window_s, cfg.window_s
