@@ -141,6 +141,33 @@ def score(
     }
 
 
+class _Episodes:
+    """Episodes as the learned detector keeps them (``gap_windows`` normal windows
+    may pass inside one), for the detectors it is compared with."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+        self.open: dict[tuple[str, str, str], int] = {}
+        self.quiet: dict[tuple[str, str, str], int] = {}
+
+    def finding(
+        self, kind: str, cam: str, stage: str, w: Window, sc: float, exp: float, obs: float
+    ) -> Finding:
+        key = (kind, cam, stage)
+        new = key not in self.open
+        started = self.open.setdefault(key, w.start)
+        return Finding(kind, cam, stage, w.start, w.start + self.config.window_s, started, new, sc, exp, obs)
+
+    def end_window(self, found: list[Finding]) -> None:
+        alarmed = {(f.kind, f.camera_id, f.stage) for f in found}
+        for k in [k for k in self.open if k not in alarmed]:
+            self.quiet[k] = self.quiet.get(k, 0) + 1
+            if self.quiet[k] > self.config.gap_windows:
+                del self.open[k], self.quiet[k]
+        for k in alarmed:
+            self.quiet.pop(k, None)
+
+
 class StaticDetector:
     """Fixed thresholds, the same everywhere (what an operator sets without
     learning): a window is slow when its median stage duration is above
@@ -159,7 +186,8 @@ class StaticDetector:
         self.config = config or DetectorConfig()
         self.slow_ms, self.failure_rate, self.min_failures = slow_ms, failure_rate, min_failures
         self.seen: set[str] = set()
-        self.open: dict[tuple[str, str, str], int] = {}
+        self.episodes = _Episodes(self.config)
+        self._f = self.episodes.finding
 
     def close(self, w: Window, p95_ms: Mapping[tuple[str, str], float] | None = None) -> list[Finding]:
         out = []
@@ -184,15 +212,8 @@ class StaticDetector:
             if cam in self.seen and w.frames.get(cam, 0) == 0:
                 out.append(self._f(SILENT, cam, "", w, 1.0, 1.0, 0.0))
         self.seen |= set(w.frames)
-        alarmed = {(f.kind, f.camera_id, f.stage) for f in out}
-        self.open = {k: v for k, v in self.open.items() if k in alarmed}
+        self.episodes.end_window(out)
         return out
-
-    def _f(self, kind: str, cam: str, stage: str, w: Window, sc: float, exp: float, obs: float) -> Finding:
-        key = (kind, cam, stage)
-        new = key not in self.open
-        started = self.open.setdefault(key, w.start)
-        return Finding(kind, cam, stage, w.start, w.start + self.config.window_s, started, new, sc, exp, obs)
 
 
 class RiverDetector:
@@ -214,7 +235,8 @@ class RiverDetector:
         self.window_size, self.threshold = window_size, threshold
         self.scorers: dict[tuple[str, ...], Any] = {}
         self.seen: dict[tuple[str, ...], int] = {}
-        self.open: dict[tuple[str, str, str], int] = {}
+        self.episodes = _Episodes(self.config)
+        self._f = self.episodes.finding
 
     def _score(self, key: tuple[str, ...], x: float, sign: float) -> float | None:
         sc = self.scorers.get(key)
@@ -256,15 +278,8 @@ class RiverDetector:
             sc = self._score(("c", cam), float(n), -1.0)
             if sc is not None and sc >= self.threshold:
                 out.append(self._f(SILENT if n == 0 else RATE_DROP, cam, "", w, sc, 0.0, float(n)))
-        alarmed = {(f.kind, f.camera_id, f.stage) for f in out}
-        self.open = {k: v for k, v in self.open.items() if k in alarmed}
+        self.episodes.end_window(out)
         return out
-
-    def _f(self, kind: str, cam: str, stage: str, w: Window, sc: float, exp: float, obs: float) -> Finding:
-        key = (kind, cam, stage)
-        new = key not in self.open
-        started = self.open.setdefault(key, w.start)
-        return Finding(kind, cam, stage, w.start, w.start + self.config.window_s, started, new, sc, exp, obs)
 
 
 def detectors(config: DetectorConfig) -> dict[str, WindowDetector]:

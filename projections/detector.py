@@ -67,6 +67,7 @@ class DetectorConfig:
     burst_score: float = 6.0  # -log10 of the Poisson tail of a failure burst
     burst_ratio: float = 3.0
     min_spread: float = 0.05  # floor of the log-duration spread (5%)
+    gap_windows: int = 1  # normal windows an episode may span and go on
     idle_s: int = 300  # a partition this far behind the most advanced one does not hold the watermark
 
     def to_json(self) -> dict[str, Any]:
@@ -272,6 +273,7 @@ class Detector:
         self.stages: dict[str, _StageState] = {}
         self.cameras: dict[str, _Ewm] = {}
         self.open: dict[str, int] = {}  # "kind|camera|stage" -> episode start
+        self.quiet: dict[str, int] = {}  # open episodes' normal windows since their last abnormal one
         self.p95: dict[str, _Ewm] = {}  # log of each camera and stage's window p95 (frame threshold)
 
     # -- persistence ---------------------------------------------------------
@@ -283,6 +285,7 @@ class Detector:
             "cameras": {k: v.to_json() for k, v in sorted(self.cameras.items())},
             "p95": {k: v.to_json() for k, v in sorted(self.p95.items())},
             "open": dict(sorted(self.open.items())),
+            "quiet": dict(sorted(self.quiet.items())),
         }
 
     @classmethod
@@ -292,6 +295,7 @@ class Detector:
         det.cameras = {k: _Ewm.from_json(v) for k, v in d.get("cameras", {}).items()}
         det.p95 = {k: _Ewm.from_json(v) for k, v in d.get("p95", {}).items()}
         det.open = {k: int(v) for k, v in d.get("open", {}).items()}
+        det.quiet = {k: int(v) for k, v in d.get("quiet", {}).items()}
         return det
 
     # -- judging one window --------------------------------------------------
@@ -368,10 +372,15 @@ class Detector:
                     kind = SILENT if n == 0 else RATE_DROP
                     found.append(self._finding(kind, cam, "", w.start, end, z, ew.mean, float(n)))
             ew.update(float(n), c.alpha, c.clip * spread if warm else None, spread=not drop)
-        # Episodes end at the first window their key is normal again.
+        # An episode ends once its key has been normal for more than gap_windows
+        # windows in a row (one normal window inside a slowdown does not split it).
         alarmed = {_key(f.kind, f.camera_id, f.stage) for f in found}
         for k in [k for k in self.open if k not in alarmed]:
-            del self.open[k]
+            self.quiet[k] = self.quiet.get(k, 0) + 1
+            if self.quiet[k] > c.gap_windows:
+                del self.open[k], self.quiet[k]
+        for k in alarmed:
+            self.quiet.pop(k, None)
         return found
 
     def _finding(
