@@ -250,11 +250,12 @@ class RiverDetector:
         s = None
         if n >= self.config.warmup_windows:
             g = sc.gaussian
-            mu, sigma = g.mu, g.sigma
+            mu = float(g.mu)
+            sigma_raw = g.sigma
             # A series that never varied has no (or, by rounding, a complex) sigma:
             # a floor of 0.1% of the mean keeps its CDF defined.
             floor = 1e-3 * max(1.0, abs(mu))
-            sigma = sigma.real if isinstance(sigma, complex) else sigma
+            sigma = float(sigma_raw.real if isinstance(sigma_raw, complex) else sigma_raw)
             s = self._norm_cdf((sign * x - mu) / max(sigma, floor))
         sc.learn_one(None, sign * x)
         self.seen[key] = n + 1
