@@ -249,7 +249,7 @@ class RiverDetector:
         # (slower, more failures, fewer frames), so its Gaussian's CDF is read.
         s = None
         if n >= self.config.warmup_windows:
-            g = sc.gaussian
+            g: Any = sc.gaussian
             mu = float(g.mu)
             sigma_raw = g.sigma
             # A series that never varied has no (or, by rounding, a complex) sigma:
