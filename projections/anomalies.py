@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,13 +49,20 @@ UPSERT_WATERMARKS = (
     "SELECT $1, t, p, l FROM unnest($2::text[], $3::int[], $4::timestamptz[]) AS k(t, p, l) "
     'ON CONFLICT (generation, topic, "partition") DO UPDATE SET latest = greatest(w.latest, EXCLUDED.latest)'
 )
-# The watermark: the least latest capture time of the partitions within idle
-# seconds of the most advanced one.
+# The latest of a partition of the stage events' topic that no batch has carried
+# yet: it holds the watermark back until one has.
+NOT_YET = datetime(1970, 1, 1, tzinfo=UTC)
+# The watermark: none while a partition is NOT_YET; else the least
+# latest capture time of the partitions within idle seconds of the most advanced
+# one (a partition that stopped carrying anything does not hold it back for ever).
 SELECT_DETECTOR = (
-    "SELECT d.window_s, d.lateness_s, d.next_window, "
-    "(SELECT min(latest) FROM anomaly_watermarks w WHERE w.generation = $1 AND w.latest >= "
-    " (SELECT max(latest) FROM anomaly_watermarks WHERE generation = $1) - make_interval(secs => $2)) "
-    "AS mark "
+    "SELECT d.window_s, d.lateness_s, d.next_window, CASE "
+    " WHEN EXISTS (SELECT 1 FROM anomaly_watermarks WHERE generation = $1 "
+    "  AND latest = '1970-01-01 00:00:00+00') "
+    " THEN NULL "
+    " ELSE (SELECT min(latest) FROM anomaly_watermarks w WHERE w.generation = $1 AND w.latest >= "
+    "  (SELECT max(latest) FROM anomaly_watermarks WHERE generation = $1) - make_interval(secs => $2)) "
+    "END AS mark "
     "FROM anomaly_detector d WHERE d.generation = $1"
 )
 INSERT_DETECTOR = (
@@ -171,17 +178,23 @@ class AnomalyDetection:
         conn: asyncpg.Connection,
         generation: int,
         marks: Mapping[TopicPartitionKey, datetime],
+        *,
+        partitions: Collection[TopicPartitionKey] = (),
     ) -> Closed:
-        """In the caller's transaction: record the batch's watermarks, and close
-        the windows they let close (at most ``max_windows`` of them)."""
-        if marks:
-            keys = sorted(marks)
+        """In the caller's transaction: record the batch's watermarks (the latest
+        capture time of each partition of the stage events' topic it carried;
+        ``partitions``: every partition of that topic), and close the windows
+        they let close (at most ``max_windows`` of them)."""
+        # One statement: the batch's marks, and NOT_YET for a partition seen for
+        # the first time without one (greatest() keeps what a partition has).
+        keys = sorted(set(marks) | set(partitions))
+        if keys:
             await conn.execute(
                 UPSERT_WATERMARKS,
                 generation,
                 [t for t, _ in keys],
                 [p for _, p in keys],
-                [marks[k] for k in keys],
+                [marks.get(k, NOT_YET) for k in keys],
             )
         return await self.close_windows(conn, generation)
 

@@ -23,7 +23,7 @@ inline writer as a second owner of its partitions and keep re-seeking.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,15 +84,18 @@ class InlineFrames(InlineProjection):
     """:class:`InlineProjection` of the ``frames`` projection on PostgreSQL
     (and, with ``detection``, the anomaly detector in the same transaction)."""
 
-    def __init__(self, detection: AnomalyDetection | None = None) -> None:
+    def __init__(self, detection: AnomalyDetection | None = None, *, stage_topic: str = "") -> None:
         self._store: FramesProjectionStore | None = None
         self.detection = detection
+        # The topic of the stage events: its partitions make the detector's watermark.
+        self.stage_topic = stage_topic
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InlineFrames:
         an = settings.anomaly
         config = DetectorConfig(window_s=an.window_s, lateness_s=an.lateness_s)
-        return cls(AnomalyDetection(config) if an.enabled else None)
+        detection = AnomalyDetection(config) if an.enabled else None
+        return cls(detection, stage_topic=settings.topics.processing)
 
     async def open(self, pool: asyncpg.Pool) -> None:
         self._store = FramesProjectionStore(pool)
@@ -100,7 +103,10 @@ class InlineFrames(InlineProjection):
     def prepare(self, records: Sequence[dict[str, Any]], rows: Sequence[EventRow]) -> _Prepared:
         marks: dict[tuple[str, int], datetime] = {}
         if self.detection is not None:
+            topic = self.stage_topic
             for row in rows:
+                if row[15] != topic:
+                    continue
                 key, ts = (row[15], row[16]), row[4]
                 seen = marks.get(key)
                 if seen is None or ts > seen:
@@ -119,7 +125,13 @@ class InlineFrames(InlineProjection):
             raise TrackerError("InlineFrames is not open: the consumer opens it when it starts")
         return self._store
 
-    async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
+    async def apply(
+        self,
+        conn: Any,
+        prepared: Any,
+        positions: dict[tuple[str, int], int],
+        partitions: Collection[tuple[str, int]] = (),
+    ) -> None:
         fold = prepared.fold
         generation = int(await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION))
         if fold.frames:
@@ -127,7 +139,8 @@ class InlineFrames(InlineProjection):
         if self.detection is not None:
             # Only partitions still ours count (as for the checkpoints below).
             marks = {k: v for k, v in prepared.marks.items() if k in positions}
-            await self.detection.advance(conn, generation, marks)
+            stage_partitions = [k for k in partitions if k[0] == self.stage_topic]
+            await self.detection.advance(conn, generation, marks, partitions=stage_partitions)
         if positions:
             keys = sorted(positions)
             await conn.execute(

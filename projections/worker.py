@@ -145,12 +145,16 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
                     )
                 )
             else:
-                # The latest capture time of each partition of the batch: its watermark.
+                # The latest capture time of each partition of the stage events'
+                # topic in the batch: its watermark (and every partition of that
+                # topic, so that one no batch has carried yet holds it back).
+                topic = self.settings.topics.processing
                 marks = {
                     key: max(e.frame_timestamp for e in decoded.events[key])
                     for key in positions
-                    if decoded.events[key]
+                    if decoded.events[key] and key[0] == topic
                 }
+                every = [(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
                 generation = self.generation
                 await self.durable(
                     lambda: store.apply_then(
@@ -158,7 +162,7 @@ class ProjectionWorker(KafkaWorker[_Decoded]):
                         generation=generation,
                         positions=positions,
                         check_live=True,
-                        then=lambda conn: detection.advance(conn, generation, marks),
+                        then=lambda conn: detection.advance(conn, generation, marks, partitions=every),
                     )
                 )
         except (CheckpointConflict, GenerationChanged) as e:

@@ -248,7 +248,12 @@ class EventStoreConsumer(KafkaWorker[_Prepared]):
         inline = self.inline
         assert inline is not None
         positions = {(tp.topic, tp.partition): om.offset for tp, om in offsets.items() if tp in assigned}
-        return lambda conn: inline.apply(conn, fold, positions)
+        every = [
+            (topic, p)
+            for topic in self.topics
+            for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+        ]
+        return lambda conn: inline.apply(conn, fold, positions, every)
 
     async def _retry_kafka(self, fn: Callable[[], Any]) -> None:
         async for attempt in AsyncRetrying(

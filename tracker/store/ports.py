@@ -12,7 +12,7 @@ Nothing here does I/O or imports a driver.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -134,9 +134,18 @@ class InlineProjection(ABC):
         the apply would otherwise do under the transaction's locks (new partitions)."""
 
     @abstractmethod
-    async def apply(self, conn: Any, prepared: Any, positions: dict[tuple[str, int], int]) -> None:
+    async def apply(
+        self,
+        conn: Any,
+        prepared: Any,
+        positions: dict[tuple[str, int], int],
+        partitions: Collection[tuple[str, int]] = (),
+    ) -> None:
         """Inside the append's transaction: write the fold into the live read model
-        and move its checkpoints to ``positions`` (the next offset per partition)."""
+        and move its checkpoints to ``positions`` (the next offset per partition).
+        ``partitions`` are all the partitions of the consumed topics (the cluster's
+        metadata), for a read model that waits for every one of them (the anomaly
+        detector's watermark), including those no batch has carried yet."""
 
 
 # -- The dead-letter sink -----------------------------------------------------
