@@ -80,6 +80,11 @@ class _Prepared:
     marks: dict[tuple[str, int], datetime]
 
 
+def _fold_of(prepared: Any) -> BatchFold:
+    """What :meth:`InlineFrames.prepare` made, or a fold given as it is (no watermarks)."""
+    return prepared if isinstance(prepared, BatchFold) else prepared.fold
+
+
 class InlineFrames(InlineProjection):
     """:class:`InlineProjection` of the ``frames`` projection on PostgreSQL
     (and, with ``detection``, the anomaly detector in the same transaction)."""
@@ -114,7 +119,7 @@ class InlineFrames(InlineProjection):
         return _Prepared(BatchFold().extend(events_of(records, rows)), marks)
 
     async def before(self, prepared: Any) -> None:
-        fold = prepared.fold
+        fold = _fold_of(prepared)
         if fold.frames:
             store = self._opened()
             generation = await store.live_generation()
@@ -132,13 +137,13 @@ class InlineFrames(InlineProjection):
         positions: dict[tuple[str, int], int],
         partitions: Collection[tuple[str, int]] = (),
     ) -> None:
-        fold = prepared.fold
+        fold = _fold_of(prepared)
         generation = int(await conn.fetchval(SELECT_LIVE_GENERATION_FOR_SHARE, PROJECTION))
         if fold.frames:
             await self._opened().write_fold(conn, generation, fold)
         if self.detection is not None:
             # Only partitions still ours count (as for the checkpoints below).
-            marks = {k: v for k, v in prepared.marks.items() if k in positions}
+            marks = {k: v for k, v in getattr(prepared, "marks", {}).items() if k in positions}
             stage_partitions = [k for k in partitions if k[0] == self.stage_topic]
             await self.detection.advance(conn, generation, marks, partitions=stage_partitions)
         if positions:
