@@ -299,7 +299,7 @@ def evaluate(
     config: DetectorConfig,
     hours: float,
 ) -> dict[str, dict[str, float | None]]:
-    """Every approach's score on the same windows."""
+    """Every approach's score on the same windows (all of them: the last may be cut short)."""
     windows, p95s = summarize(runs, config.window_s)
     out = {}
     for name, det in detectors(config).items():

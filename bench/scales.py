@@ -65,13 +65,13 @@ class Scale:
     # clean traffic judged in process; on/off repetitions of the injected drain.
     anomaly_cameras: int = 8
     anomaly_fps: float = 4.0
-    anomaly_minutes: float = 20.0
-    anomaly_clean_minutes: float = 20.0
+    anomaly_minutes: float = 18.0
+    anomaly_clean_minutes: float = 18.0
     anomaly_planned_hours: float = 2.0
     anomaly_learn_s: float = 300.0
     anomaly_slot_s: float = 100.0
     anomaly_length_s: float = 60.0
-    anomaly_reps: int = 2
+    anomaly_reps: int = 3
 
     def with_overrides(self, **kw: object) -> Scale:
         return replace(self, **kw)  # type: ignore[arg-type]
