@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +53,12 @@ async def settings() -> AsyncIterator[Settings]:
         yield s
 
 
+def _now() -> datetime:
+    """Now, on a window's start (5 s): an injection at a whole number of windows
+    from it starts a window, so its first window is wholly abnormal."""
+    return datetime.fromtimestamp(int(time.time()) // 5 * 5, UTC)
+
+
 def _traffic(prefix: str, seconds: float, *specs: str, start: datetime | None = None) -> dict[str, Any]:
     return {
         "cameras": 3,
@@ -59,7 +66,7 @@ def _traffic(prefix: str, seconds: float, *specs: str, start: datetime | None = 
         "duration_s": seconds,
         "seed": 11,
         "camera_prefix": prefix,
-        "start": start or datetime.now(UTC).replace(microsecond=0),
+        "start": start or _now(),
         "injections": Injections(tuple(Injection.parse(s) for s in specs)),
     }
 
@@ -76,7 +83,7 @@ def _metric_samples(name: str) -> list[Any]:
 async def test_a_slowdown_and_a_silent_camera_are_found_and_shown_everywhere(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    start = datetime.now(UTC).replace(microsecond=0)
+    start = _now()
     cfg = _traffic("an", 180, "slow@an-001/detect:90+30x4", "silent@an-002:120+30", start=start)
     await publish_simulation(settings, **cfg)
     await consume_until_idle(settings, inline=InlineFrames.from_settings(settings))
@@ -174,7 +181,7 @@ async def test_clean_traffic_raises_none(settings: Settings, db: asyncpg.Connect
 async def test_a_restarted_worker_keeps_what_it_learned(
     settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    start = datetime.now(UTC).replace(microsecond=0)
+    start = _now()
     # The slowdown starts after the kill below (at 70 s or a little later): a
     # baseline learned again from scratch would need 60 s (12 windows) more
     # before it may alarm.

@@ -18,6 +18,7 @@ TIME_PARTITIONED = {
     "performance_stats_g1": "hour",
     "failure_stats_g1": "hour",
     "stage_camera_stats_g1": "hour",
+    "anomalies_g1": "started_at",
 }
 
 
