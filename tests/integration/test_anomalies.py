@@ -59,12 +59,14 @@ def _now() -> datetime:
     return datetime.fromtimestamp(int(time.time()) // 5 * 5, UTC)
 
 
-def _traffic(prefix: str, seconds: float, *specs: str, start: datetime | None = None) -> dict[str, Any]:
+def _traffic(
+    prefix: str, seconds: float, *specs: str, start: datetime | None = None, seed: int = 11
+) -> dict[str, Any]:
     return {
         "cameras": 3,
         "fps": 5.0,
         "duration_s": seconds,
-        "seed": 11,
+        "seed": seed,
         "camera_prefix": prefix,
         "start": start or _now(),
         "injections": Injections(tuple(Injection.parse(s) for s in specs)),
@@ -182,10 +184,11 @@ async def test_a_restarted_worker_keeps_what_it_learned(
     settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     start = _now()
-    # The slowdown starts after the kill below (at 70 s or a little later): a
-    # baseline learned again from scratch would need 60 s (12 windows) more
-    # before it may alarm.
-    await publish_simulation(settings, **_traffic("rs", 160, "slow@rs-003/analyze:100+30x4", start=start))
+    # 80 s of traffic, projected by a worker that is SIGKILLed once it has closed
+    # the windows up to 70 s; then 80 s more, with a slowdown 20 s in (100 s from
+    # the start), projected by a worker started again. A baseline learned again
+    # from scratch would need 60 s (12 windows) before it may alarm.
+    await publish_simulation(settings, **_traffic("rs", 80, start=start))
     await consume_until_idle(settings)  # the store only: the projection worker projects
     env = {"TRACKER_BATCH_MAX_RECORDS": "300"}
     worker = Proc(settings, "project", "--metrics-port", "0", log=tmp_path / "p1.log", **env).start()
@@ -195,10 +198,15 @@ async def test_a_restarted_worker_keeps_what_it_learned(
             nxt = await db.fetchval("SELECT next_window FROM anomaly_detector")
             return nxt is not None and nxt >= start + timedelta(seconds=70)
 
-        await wait_for(learned_a_while, timeout=60, interval=0.05)
+        await wait_for(learned_a_while, timeout=60, interval=0.1)
         worker.kill()
         killed_at = await db.fetchval("SELECT next_window FROM anomaly_detector")
-        assert killed_at < start + timedelta(seconds=100), "killed too late to prove anything"
+        assert killed_at < start + timedelta(seconds=100)
+        second = _traffic(
+            "rs", 80, "slow@rs-003/analyze:20+30x4", start=start + timedelta(seconds=80), seed=12
+        )
+        await publish_simulation(settings, **second)
+        await consume_until_idle(settings)
         again = Proc(
             settings, "project", "--metrics-port", "0", "--until-idle", log=tmp_path / "p2.log", **env
         )
