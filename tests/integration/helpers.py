@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -291,3 +292,25 @@ async def store_generation(conn: asyncpg.Connection, generation: int, events: It
         records=[stage_to_db(r) for r in folded.stages.values()],
         columns=STAGE_COLS,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def api_server(settings: Settings) -> AsyncIterator[str]:
+    """``tracker serve``'s server in this process, on a free port: its base URL."""
+    from tracker.api.app import serve
+
+    port = free_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(settings, port=port, ready=ready, stop=stop))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        await task

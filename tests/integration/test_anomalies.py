@@ -15,7 +15,6 @@ traffic to a few minutes of event time, published as fast as Kafka takes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,10 +30,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from projections.inline import InlineFrames
 from tests.integration.conftest import fresh_settings, wait_for
-from tests.integration.helpers import consume_until_idle, publish_simulation, run_cli
+from tests.integration.helpers import api_server, consume_until_idle, publish_simulation, run_cli
 from tests.integration.procs import Proc
-from tests.integration.test_api import _free_port, check_against_spec
-from tracker.api.app import serve
+from tests.integration.test_api import check_against_spec
 from tracker.config import Settings
 from tracker.metrics_registry import REGISTRY
 from tracker.simulator import Injection, Injections
@@ -123,28 +121,21 @@ async def test_a_slowdown_and_a_silent_camera_are_found_and_shown_everywhere(
     assert "detected: slow_frame on an-001 detect" in run_cli(settings, "journey", frame_id).stdout
 
     # The API, as documented.
-    port = _free_port()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, port=port, ready=ready, stop=stop))
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
+    async with api_server(settings) as base:
         import aiohttp
 
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/api/v1/anomalies", params={"hours": "1"}) as r:
+            async with session.get(f"{base}/api/v1/anomalies", params={"hours": "1"}) as r:
                 body = await r.json()
             assert r.status == 200
             check_against_spec("/api/v1/anomalies", 200, body)
             assert body["anomalies"] == listed["anomalies"]
             slow_api = next(a for a in body["anomalies"] if a["kind"] == "stage_slow")
             assert slow_api["frames"] > 0 and slow_api["trace"]["trace_id"]
-            async with session.get(f"http://127.0.0.1:{port}/api/v1/frames/{frame_id}") as r:
+            async with session.get(f"{base}/api/v1/frames/{frame_id}") as r:
                 check_against_spec("/api/v1/frames/{frame_id}", r.status, await r.json())
-            async with session.get(f"http://127.0.0.1:{port}/api/v1/anomalies", params={"hours": "x"}) as r:
+            async with session.get(f"{base}/api/v1/anomalies", params={"hours": "x"}) as r:
                 assert r.status == 400
-    finally:
-        stop.set()
-        await task
 
     # The metrics: episodes by camera, stage and kind; slow frames with their trace.
     opened = {

@@ -3,10 +3,8 @@ against the running server, bad requests get 4xx, tokens are enforced."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,17 +15,11 @@ import aiohttp
 import jsonschema
 import pytest_asyncio
 
-from tests.integration.helpers import consume_until_idle, project_until_idle, publish_simulation
-from tracker.api.app import build_app, serve
+from tests.integration.helpers import api_server, consume_until_idle, project_until_idle, publish_simulation
+from tracker.api.app import build_app
 from tracker.config import Secret, Settings
 
 SPEC = json.loads((Path(__file__).resolve().parents[2] / "tracker/api/openapi.json").read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _resolve(node: Any) -> Any:
@@ -69,14 +61,8 @@ async def server(settings: Settings) -> AsyncIterator[Server]:
     await publish_simulation(settings, cameras=2, fps=20, duration_s=3, seed=71, failure_rate=0.2)
     await consume_until_idle(settings)
     await project_until_idle(settings)
-    port = _free_port()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, port=port, ready=ready, stop=stop))
-    await asyncio.wait_for(ready.wait(), 10)
-    async with aiohttp.ClientSession() as session:
-        yield Server(f"http://127.0.0.1:{port}", session)
-    stop.set()
-    await task
+    async with api_server(settings) as base, aiohttp.ClientSession() as session:
+        yield Server(base, session)
 
 
 async def test_every_documented_endpoint_answers_as_documented(server: Server, db) -> None:  # type: ignore[no-untyped-def]
@@ -212,13 +198,9 @@ async def test_bearer_token_guards_everything_but_healthz(settings: Settings) ->
         group_prefix=settings.groups.prefix,
         api_token=Secret("s3cret-token"),
     )
-    port = _free_port()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(secured, port=port, ready=ready, stop=stop))
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
+    async with api_server(secured) as base:
         async with aiohttp.ClientSession() as session:
-            s = Server(f"http://127.0.0.1:{port}", session)
+            s = Server(base, session)
             assert (await s.get("/healthz"))[0] == 200
             for path in ("/readyz", "/metrics", "/openapi.json", "/api/v1/failures", "/api/v1/frames/x"):
                 assert (await s.get(path))[0] == 401, path
@@ -254,8 +236,5 @@ async def test_bearer_token_guards_everything_but_healthz(settings: Settings) ->
                 assert r.status == 200  # the cookie stands for the token
         async with aiohttp.ClientSession() as other:
             forged = {"tracker_session": "0" * 64}
-            async with other.get(f"http://127.0.0.1:{port}/api/v1/failures", cookies=forged) as r:
+            async with other.get(base + "/api/v1/failures", cookies=forged) as r:
                 assert r.status == 401
-    finally:
-        stop.set()
-        await task

@@ -21,6 +21,7 @@ import pytest
 from tests.integration.conftest import stack, wait_for
 from tests.integration.helpers import (
     assert_same_projection,
+    free_port,
     projection_vs_store,
     read_topic,
     run_cli,
@@ -117,9 +118,7 @@ async def test_crash_sigkill_both_workers_repeatedly(settings: Settings, tmp_pat
 
 
 async def test_database_outage_of_20_seconds(settings: Settings, tmp_path: Path) -> None:
-    from tests.integration.test_api import _free_port
-
-    port = _free_port()
+    port = free_port()
     sim, ids = simulator(settings, tmp_path, 30, fps="10")
     consumer = Proc(settings, "consume", "--metrics-port", "0", log=tmp_path / "c.log").start()
     projector = Proc(settings, "project", "--metrics-port", "0", log=tmp_path / "p.log").start()

@@ -4,8 +4,6 @@ stored events' trace ids, and it is exactly the frames whose events carry that t
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +13,7 @@ import pytest_asyncio
 from opentelemetry import trace
 
 from tests.integration.helpers import (
+    api_server,
     consume_until_idle,
     project_until_idle,
     publish_simulation,
@@ -22,15 +21,8 @@ from tests.integration.helpers import (
 )
 from tests.integration.test_api import check_against_spec
 from tracker import events as ev
-from tracker.api.app import serve
 from tracker.config import Settings
 from tracker.publisher import FramePublisher
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_asyncio.fixture
@@ -54,13 +46,8 @@ async def base(settings: Settings) -> AsyncIterator[str]:
                 )
     await consume_until_idle(settings)
     await project_until_idle(settings)
-    port = _free_port()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(settings, port=port, ready=ready, stop=stop))
-    await asyncio.wait_for(ready.wait(), 10)
-    yield f"http://127.0.0.1:{port}"
-    stop.set()
-    await task
+    async with api_server(settings) as url:
+        yield url
 
 
 async def _get(url: str, **params: str) -> tuple[int, dict]:

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.integration.browser import chromium, requested_urls, screenshot
 from tests.integration.conftest import ROOT, fresh_settings
-from tests.integration.helpers import publish_simulation, span_exporter
+from tests.integration.helpers import free_port, publish_simulation, span_exporter
 from tracker.api.html import fmt_ms
 from tracker.config import Settings
 from tracker.domain import Frame, FrameError, ProcessingState
@@ -51,14 +51,6 @@ class Stack:
     settings: Settings
     base: str
     log_dir: Path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -112,7 +104,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             _start(settings, logs / "consume.log", "consume"),
             _start(settings, logs / "project.log", "project"),
         ]
-        port = _free_port()
+        port = free_port()
         procs.append(
             _start(
                 settings,
