@@ -176,10 +176,20 @@ def search_for(driver: Any, base: str, text: str) -> None:
 
 
 def wait_for_new_page(driver: Any, old: Any) -> None:
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    def gone(_: Any) -> bool:
+        # Selenium's staleness_of catches only StaleElementReferenceException; while the
+        # page is being replaced, chromedriver may instead answer "Node with given id
+        # does not belong to the document", which means the same thing.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, 15).until(gone)
     WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
