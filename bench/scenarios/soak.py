@@ -13,7 +13,7 @@ import time
 from statistics import median
 from typing import Any
 
-from bench.infra import git_commit, log, percentile, proc_cpu_s
+from bench.infra import git_commit, log, percentile
 from bench.scenarios.context import Bench
 from bench.scenarios.live import Live, LiveLoad, live_workers
 from bench.scenarios.registry import scenario
@@ -87,8 +87,7 @@ class _Sampler:
     def __init__(self, b: Bench, live: Live, load: LiveLoad, out: list[dict[str, Any]]) -> None:
         self.b, self.live, self.load, self.out = b, live, load, out
         self.seen = 0  # probes already counted
-        self.cpu = {w.name: proc_cpu_s(w.pid) or 0.0 for w in live.workers}
-        self.t = 0.0
+        self.last = time.monotonic()  # the previous tick
 
     async def lag(self) -> int:
         end = await self.b.stack.end_offsets_total(self.live.settings.topics.events)
@@ -97,12 +96,13 @@ class _Sampler:
     async def tick(self, t: float) -> None:
         probes = [ms for _, ms in self.load.samples[self.seen :]]
         self.seen = len(self.load.samples)
-        cores = {}
-        for w in self.live.workers:
-            now = proc_cpu_s(w.pid) or self.cpu[w.name]
-            cores[w.name] = round((now - self.cpu[w.name]) / max(1e-6, t - self.t), 3)
-            self.cpu[w.name] = now
-        self.t = t
+        # The workers' CPU comes from their own samples (LiveLoad samples them every poll).
+        now = time.monotonic()
+        cores = {
+            w.name: round((w.cpu_at(now) - w.cpu_at(self.last)) / max(1e-6, now - self.last), 3)
+            for w in self.live.workers
+        }
+        self.last = now
         self.out.append(
             {
                 "t": round(t, 1),
