@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_PY = ROOT / "compose/local/stack.py"
 ROLES = ("admin", "publisher", "event-store", "projections")
 NODES = (1, 2, 3)
+
+
+def failure(args: tuple[str, ...], p: subprocess.CompletedProcess[str]) -> str:
+    """What a failed ``stack.py`` said: all of its stderr, or its first and last 6,000 characters."""
+    err = p.stderr if len(p.stderr) <= 12000 else p.stderr[:6000] + "\n[...]\n" + p.stderr[-6000:]
+    return f"stack.py {' '.join(args)} exited {p.returncode}:\n{err}"
 
 
 @dataclass
@@ -62,6 +69,7 @@ class ClusterStack:
             "STACK_KAFKA_PORT": str(self.kafka_port),
             "STACK_KAFKA_CONTROLLER_PORT": str(self.kafka_port + 1),
             "STACK_PG_PORT": str(self.pg_port),
+            "STACK_KAFKA_TIMEOUT": "180",  # as long as a node itself waits to be caught up (kafka_config)
         }
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,7 +77,7 @@ class ClusterStack:
             [sys.executable, str(STACK_PY), *args], env=self.env, capture_output=True, text=True, timeout=300
         )
         if check and p.returncode != 0:
-            raise AssertionError(f"stack.py {' '.join(args)} exited {p.returncode}:\n{p.stderr[-3000:]}")
+            raise AssertionError(failure(args, p))
         return p
 
     def up(self) -> None:
@@ -91,11 +99,27 @@ class ClusterStack:
 
     def start_node(self, node: int) -> None:
         """Start one node and wait until it answers listing itself."""
-        self.run("start-kafka", "--node", str(node))
+        self.start("start-kafka", "--node", str(node))
 
     def start_all(self) -> None:
         """Start every stopped node together (two down need each other for a quorum) and wait for all."""
-        self.run("up", "--only", "kafka")
+        self.start("up", "--only", "kafka")
+
+    def start(self, *args: str) -> None:
+        """``stack.py`` starting Kafka, once more if a JVM gave up during its own startup.
+
+        These tests are about the tracker's side of broker faults, not about Kafka's startup on a loaded
+        two-core machine: a node that exits while starting (seen once in CI, cause unknown then) is
+        started again, and the first failure is reported as a warning with the node's last errors, so
+        that a run shows it and the next one can tell what it was.
+        """
+        first = self.run(*args, check=False)
+        if first.returncode == 0:
+            return
+        if "exited during startup" not in first.stderr:
+            raise AssertionError(failure(args, first))
+        warnings.warn(f"{failure(args, first)}\n(starting it again)", stacklevel=2)
+        self.run(*args)
 
     def role_env(self, role: str) -> dict[str, str]:
         """``stack.py env --tracker ROLE``: the role's TRACKER_* settings."""

@@ -86,3 +86,22 @@ def test_each_principal_gets_exactly_what_it_needs(prefixes: tuple[str, str]) ->
     expected |= {Acl("tracker-admin", GROUP, f"{g}.{x}", DESCRIBE) for x in ("event-store", "projections")}
     assert granted == expected
     assert len(tracker_acls(t, g)) == len(expected)  # no ACL twice
+
+
+def test_a_node_that_exits_while_starting_is_reported_by_its_errors_not_its_shutdown(tmp_path: Path) -> None:
+    from stackctl.common import error_lines
+
+    log = tmp_path / "server.log"
+    lines = [
+        "[t1] INFO [BrokerServer id=3] Transition from SHUTDOWN to STARTING (kafka.server.BrokerServer)",
+        "[t2] ERROR [BrokerServer id=3] Fatal error during broker startup. Prepare to shutdown",
+        "java.lang.RuntimeException: Received a fatal error while waiting for the controller",
+        "\tat kafka.server.BrokerServer.startup(BrokerServer.scala:564)",
+        *[f"[t{i}] INFO [ReplicaManager broker=3] Shutting down {i}" for i in range(3, 200)],
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    shown = error_lines(log).splitlines()
+    assert [s.strip() for s in shown] == [s.strip() for s in lines[1:4]]
+    log.write_text("[t1] INFO all well\n")
+    assert "no ERROR or FATAL line" in error_lines(log)
+    assert "no missing.log" in error_lines(tmp_path / "missing.log")

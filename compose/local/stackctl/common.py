@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,29 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"    (no {path.name})"
     return "\n".join("    " + ln for ln in data[-lines:])
+
+
+def error_lines(path: Path, lines: int = 12) -> str:
+    """The last ERROR/FATAL lines of a log (and the exception lines right after them): what a tail of a
+    process that shut itself down hides behind its shutdown chatter."""
+    try:
+        data = path.read_bytes()[-400000:].decode("utf-8", "replace").splitlines()
+    except OSError:
+        return f"    (no {path.name})"
+    picked: list[str] = []
+    follow = 0
+    for ln in data:
+        if re.search(r"\b(ERROR|FATAL)\b", ln):
+            picked.append(ln)
+            follow = 3
+        elif follow and (ln.startswith(("\t", " ")) or "Exception" in ln or "Error:" in ln):
+            picked.append(ln)
+            follow -= 1
+        else:
+            follow = 0
+    if not picked:
+        return "    (no ERROR or FATAL line)"
+    return "\n".join("    " + ln[:400] for ln in picked[-lines:])
 
 
 def rel(p: Path) -> str:

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from .acls import DEFAULT_GROUP_PREFIX, DEFAULT_TOPIC_PREFIX, create_acls, tracker_acls
-from .common import BROKERS, HOST, SECURE, STACK, die, env_port, log, rel, tail
+from .common import BROKERS, HOST, SECURE, STACK, die, env_port, error_lines, log, rel, tail
 from .kafka_config import NodeAddress, server_properties
 from .kafka_jars import KafkaJars, pom_property
 from .kafka_probe import kafka_probe
@@ -293,6 +293,8 @@ class Kafka(Service):
                 if n.pid() is None:
                     die(
                         f"Kafka{f' node {n.id}' if len(self.nodes) > 1 else ''} exited during startup. "
+                        f"Its last errors ({rel(n.logs / 'server.log')}):\n"
+                        f"{error_lines(n.logs / 'server.log')}\n"
                         f"Last lines of {rel(n.out)}:\n{tail(n.out, 25)}\n"
                         f"Last lines of {rel(n.logs / 'server.log')}:\n{tail(n.logs / 'server.log', 25)}"
                     )

@@ -69,6 +69,10 @@ log.retention.hours=168
         # Each node has a 256 MB heap; the log cleaner allocates its dedupe buffer (128 MB by
         # default) on it at start, which then fails now and then (OutOfMemoryError after a SIGKILL).
         cfg += "log.cleaner.dedupe.buffer.size=16777216\n"
+        # A node that does not hear from the controller that it has caught up within this time exits
+        # (default 60 s). A restarted node of a cluster on a loaded machine can take longer; the stack
+        # waits for it (STACK_KAFKA_TIMEOUT) rather than have it give up.
+        cfg += "initial.broker.registration.timeout.ms=180000\n"
     if security is not None:
         cfg += secure_properties(security)
     return cfg
