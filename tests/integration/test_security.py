@@ -47,7 +47,12 @@ async def test_secrets_never_reach_output_or_logs(settings: Settings) -> None:
             leaky,
             *args,
             check=False,
-            extra_env={"TRACKER_API_TOKEN": "token-xyz", "TRACKER_KAFKA_SASL_PASSWORD": "sasl-pw"},
+            extra_env={
+                "TRACKER_API_TOKEN": "token-xyz",
+                "TRACKER_KAFKA_SASL_PASSWORD": "sasl-pw",
+                # consume retries the unreachable database, logging each try, for this long (default 60)
+                "TRACKER_STARTUP_TIMEOUT_S": "6",
+            },
         )
         text = p.stdout + p.stderr
         for secret in ("hunter2-secret", "token-xyz", "sasl-pw"):
