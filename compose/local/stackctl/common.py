@@ -60,10 +60,17 @@ def log(msg: str) -> None:
     print(f"[stack] {msg}", file=sys.stderr, flush=True)
 
 
-def tail(path: Path, lines: int = 40) -> str:
+def _last_lines(path: Path, nbytes: int) -> list[str] | None:
+    """The lines of the last ``nbytes`` of a log (None: it cannot be read)."""
     try:
-        data = path.read_bytes()[-20000:].decode("utf-8", "replace").splitlines()
+        return path.read_bytes()[-nbytes:].decode("utf-8", "replace").splitlines()
     except OSError:
+        return None
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    data = _last_lines(path, 20000)
+    if data is None:
         return f"    (no {path.name})"
     return "\n".join("    " + ln for ln in data[-lines:])
 
@@ -71,9 +78,8 @@ def tail(path: Path, lines: int = 40) -> str:
 def error_lines(path: Path, lines: int = 12) -> str:
     """The last ERROR/FATAL lines of a log (and the exception lines right after them): what a tail of a
     process that shut itself down hides behind its shutdown chatter."""
-    try:
-        data = path.read_bytes()[-400000:].decode("utf-8", "replace").splitlines()
-    except OSError:
+    data = _last_lines(path, 400000)
+    if data is None:
         return f"    (no {path.name})"
     picked: list[str] = []
     follow = 0
