@@ -306,13 +306,17 @@ class KafkaWorker(ABC, Generic[P]):
         return True
 
     async def caught_up(self) -> bool:
+        """Whether every partition of the assignment is read to its end. A partition revoked
+        meanwhile (a rebalance during ``end_offsets``) has no position: not caught up, and the
+        next check sees the new assignment."""
         consumer = self.consumer
         assignment = list(consumer.assignment())
         if not assignment:
             return False
         ends = await consumer.end_offsets(assignment)
         for tp in assignment:
-            if await consumer.position(tp) < ends[tp]:
+            pos = await self.kafka_position(tp)
+            if pos is None or pos < ends[tp]:
                 return False
         return True
 
